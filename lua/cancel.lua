@@ -1,0 +1,27 @@
+--[[
+  cancel.lua: the Cancel of one reservation; idempotent.
+
+  A held hold returns its units and the user's allowance, and its key is barred: a reserve
+  arriving later with the same key is refused (anti-hanging). A hold found past its deadline
+  is expired instead, and reported as such.
+
+  KEYS[1] shard hash, KEYS[2] deadline index, KEYS[3] event stream (see prelude.lua)
+  ARGV[1] sku, ARGV[2] shard index
+  ARGV[3] rid
+
+  Returns {now ms, shard avail after, reply}, reply {code, rid, state, user, qty, deadline ms, key}:
+    OK          cancelled now (state x), or found expired (state e)
+    REPLAYED    was cancelled already
+    CONFIRMED   the hold was confirmed: a sale is not cancelled here
+    NOT_FOUND   no such reservation in this shard
+    NO_SKU      shard not loaded
+  Events: cancelled {rid, user, qty}, or expired {rid, user, qty}.
+]]
+local rid = ARGV[3]
+prefetch({ ':lim', ':avail', ':held', rid })
+if not hget(':lim') then return { now, 0, holdReply(NO_SKU) } end
+local h = loadHold(rid)
+if not h then return { now, num(':avail'), holdReply(NOT_FOUND) } end
+local code = cancelHold(h)
+commit()
+return { now, num(':avail'), holdReply(code, h) }

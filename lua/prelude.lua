@@ -1,0 +1,165 @@
+--[[
+  prelude.lua: shared by every script; src/scripts.rs prepends it to each file below.
+
+  Every script works on exactly one shard. Its keys all carry the shard's hash tag
+  `{<sku>:<n>}`, so the script is atomic on a single Redis and on Redis Cluster:
+    KEYS[1]  shard hash: counters, config, user allowances, idempotency keys, holds
+    KEYS[2]  deadline index: zset of reservation id by deadline (ms)
+    KEYS[3]  event stream: the shard's outbox
+    ARGV[1]  sku, ARGV[2] shard index: copied into every event
+
+  Shard hash fields. Counters and rules start with ':', which no id contains, so that the
+  per-user fields can be the bare ids and the hot path builds as few strings as it can
+  (string building is most of a script's own cost):
+    :avail :held :sold        units available / held / sold in this shard
+    :loaded :restocked        units put into this shard by load / restock
+    :moved_in :moved_out      units moved into / out of this shard by stock moves
+    :made                     reservations and barriers ever recorded (made > 0: live)
+    :lim :hold :start :end    per-user limit, hold ms, sale window in ms since epoch (0 = open)
+    <user>                    units the user holds or bought in this shard
+    <user>:<key>              idempotency key -> reservation id, or "!" for a cancel barrier
+    <rid>                     a hold (rids contain '~'): "<state>|<user>|<qty>|<deadline ms>|<key>"
+                              state: h held, c confirmed, x cancelled, e expired
+    :o:<op> :i:<move> :x:<move>   applied restock ops, applied incoming moves, outgoing moves
+
+  Events: each script call that changes anything appends one stream entry with fields
+  sku, shard, ts (Redis time, ms) and ev: its events, one per line, in the order they
+  happened, each "<kind>|<fields>" (rid = reservation id; late is 1 for a late confirm):
+    reserved|rid|user|qty|key|deadline      confirmed|rid|user|qty|late
+    cancelled|rid|user|qty                  expired|rid|user|qty
+    barrier|user|key                        restocked|qty|op
+    loaded|qty|limit|hold ms|start|end|shards
+    moved_out|move|to shard|qty             moved_in|move|from shard|qty
+  One entry per call keeps a coalesced reserve of many requests to a single XADD.
+
+  Discipline: every read goes through hget (cached), every write is buffered by hset/emit
+  and applied by commit() at the very end. A script therefore checks everything before it
+  writes anything: Redis never rolls back a script that fails midway.
+  Time is Redis TIME, in ms; a hold is expired from its deadline on (now >= deadline).
+]]
+local rcall = redis.call
+local shardKey, deadlinesKey, eventsKey = KEYS[1], KEYS[2], KEYS[3]
+local sku, shard = ARGV[1], ARGV[2]
+
+-- Result codes. They must match `ScriptCode` in src/scripts.rs.
+local OK, REPLAYED, SHARD_EMPTY, LIMIT, NOT_STARTED, ENDED = 0, 1, 2, 3, 4, 5
+local NO_SKU, BAD_QTY, KEY_REUSED, KEY_CANCELLED, NOT_FOUND = 6, 7, 8, 9, 10
+local CANCELLED, CONFIRMED, EXPIRED, SKU_LIVE, DUPLICATE_ID, REPLACED = 11, 12, 13, 14, 15, 16
+
+local BARRIER = '!'
+-- Expired holds a script returns on its own when it meets a shortage (the sweeper does the rest).
+local lazySweepMax = 16
+
+local clock = rcall('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+local cache, dirty = {}, {}
+local zadds, zrems, events = {}, {}, {}
+
+-- Reads many fields in one round trip; later hget calls are served from memory.
+local function prefetch(fields)
+  local values = rcall('HMGET', shardKey, unpack(fields))
+  for i, field in ipairs(fields) do
+    if cache[field] == nil then cache[field] = values[i] end
+  end
+end
+
+local function hget(field)
+  local value = cache[field]
+  if value == nil then
+    value = rcall('HGET', shardKey, field)
+    cache[field] = value
+  end
+  return value
+end
+
+local function hset(field, value)
+  cache[field] = value
+  dirty[field] = true
+end
+
+local function num(field)
+  return tonumber(hget(field)) or 0
+end
+
+local function incr(field, by)
+  hset(field, num(field) + by)
+end
+
+-- An event is one line "<kind>|<field>|<field>..."; see "Events" above for each kind.
+local function emit(line)
+  events[#events + 1] = line
+end
+
+local function loadHold(rid)
+  local packed = hget(rid)
+  if not packed then return nil end
+  local state, user, qty, deadline, key = string.match(packed, '^(%a)|([^|]*)|(%d+)|(%d+)|(.*)$')
+  return { rid = rid, state = state, user = user, qty = tonumber(qty), deadline = tonumber(deadline), key = key }
+end
+
+local function storeHold(h)
+  hset(h.rid, h.state .. '|' .. h.user .. '|' .. h.qty .. '|' .. h.deadline .. '|' .. h.key)
+end
+
+-- The reply for one reservation: {code, rid, state, user, qty, deadline ms, key}.
+local function holdReply(code, h)
+  if not h then return { code, '', '', '', 0, 0, '' } end
+  return { code, h.rid, h.state, h.user, h.qty, h.deadline, h.key }
+end
+
+-- Gives a held hold's units back to the shard and its allowance back to the user.
+local function release(h, state, kind)
+  incr(':avail', h.qty)
+  incr(':held', -h.qty)
+  incr(h.user, -h.qty)
+  h.state = state
+  storeHold(h)
+  emit(kind .. '|' .. h.rid .. '|' .. h.user .. '|' .. h.qty)
+end
+
+local function expire(h)
+  release(h, 'e', 'expired')
+end
+
+-- The Cancel of one found hold, shared by cancel.lua and cancel_by_key.lua. A confirmed hold
+-- is refused; a held one past its deadline is expired rather than cancelled.
+local function cancelHold(h)
+  if h.state == 'c' then return CONFIRMED end
+  if h.state == 'x' then return REPLAYED end
+  if h.state == 'h' then
+    if now >= h.deadline then expire(h) else release(h, 'x', 'cancelled') end
+  end
+  return OK
+end
+
+-- Expires up to `limit` holds whose deadline has passed, oldest first. Entries of holds that
+-- were confirmed or cancelled meanwhile are dropped from the index on the way.
+-- Returns how many holds expired and whether more entries are due.
+local function sweep(limit)
+  local due = rcall('ZRANGEBYSCORE', deadlinesKey, '-inf', now, 'LIMIT', 0, limit)
+  local expired = 0
+  for _, rid in ipairs(due) do
+    local h = loadHold(rid)
+    if h and h.state == 'h' then
+      expire(h)
+      expired = expired + 1
+    end
+    zrems[#zrems + 1] = rid
+  end
+  return expired, #due == limit
+end
+
+local function commit()
+  local args = {}
+  for field in pairs(dirty) do
+    args[#args + 1] = field
+    args[#args + 1] = cache[field]
+  end
+  if #args > 0 then rcall('HSET', shardKey, unpack(args)) end
+  if #zadds > 0 then rcall('ZADD', deadlinesKey, unpack(zadds)) end
+  if #zrems > 0 then rcall('ZREM', deadlinesKey, unpack(zrems)) end
+  if #events > 0 then
+    rcall('XADD', eventsKey, '*', 'sku', sku, 'shard', shard, 'ts', now, 'ev', table.concat(events, '\n'))
+  end
+end

@@ -1,0 +1,91 @@
+//! Redis key names. The only place that spells a key.
+//!
+//! All keys of one shard share the hash tag `{<sku>:<n>}` and therefore one hash slot, so a
+//! script touching them is atomic on Redis Cluster too. Ids are validated before they get
+//! here (see [`crate::ids`]), and the prefix is checked once, so no client input can move a
+//! key to another slot or collide with another key's name.
+
+use crate::ids::Sku;
+
+/// Why a key prefix was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key prefix may contain only letters, digits and '.', '_', '-', ':' (got {0:?})")]
+pub struct BadPrefix(pub String);
+
+/// The key names under one prefix: several engines (or tests) can share a Redis under
+/// different prefixes without seeing each other's data.
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+/// The keys of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardKeys {
+    /// Counters, config, allowances, idempotency keys and holds.
+    pub hash: String,
+    /// Reservation ids by deadline, for the sweeper.
+    pub deadlines: String,
+    /// The shard's event stream (the outbox).
+    pub events: String,
+    /// Pending outgoing stock moves.
+    pub moves: String,
+}
+
+impl KeySpace {
+    /// Key space under `prefix` (for example `fs:`).
+    pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
+        let ok = prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+        if !ok {
+            return Err(BadPrefix(prefix.to_owned()));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix every key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Keys of shard `shard` of `sku`.
+    pub fn shard(&self, sku: &Sku, shard: u16) -> ShardKeys {
+        let tag = format!("{}{{{sku}:{shard}}}", self.prefix);
+        ShardKeys {
+            hash: tag.clone(),
+            deadlines: format!("{tag}:deadlines"),
+            events: format!("{tag}:events"),
+            moves: format!("{tag}:moves"),
+        }
+    }
+
+    /// The SKU's configuration (shard count and rules), read by the engine to route.
+    pub fn meta(&self, sku: &Sku) -> String {
+        format!("{}{{{sku}}}:meta", self.prefix)
+    }
+
+    /// The set of loaded SKUs, walked by the background sweeper.
+    pub fn registry(&self) -> String {
+        format!("{}skus", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_keys_share_one_hash_tag() {
+        let keys = KeySpace::new("fs:").unwrap();
+        let shard = keys.shard(&Sku::new("tv").unwrap(), 3);
+        assert_eq!(shard.hash, "fs:{tv:3}");
+        for key in [&shard.deadlines, &shard.events, &shard.moves] {
+            assert!(key.starts_with("fs:{tv:3}:"), "{key}");
+        }
+        assert!(KeySpace::new("a{b").is_err());
+        assert!(KeySpace::new("t-1:").is_ok());
+    }
+}
