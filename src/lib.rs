@@ -1,0 +1,31 @@
+//! flashsale: a flash-sale inventory reservation engine.
+//!
+//! A SKU's units live in Redis, split over shard counters. Every change of stock is one
+//! atomic Lua script on one shard (`lua/`): reserve (a hold with a deadline), confirm,
+//! cancel, cancel by idempotency key, expiry sweep, restock, and the two halves of a stock
+//! move between shards. Each script appends its events to the shard's stream in the same
+//! step, so that a ledger can follow every reservation.
+//!
+//! # Layout
+//!
+//! - [`ids`]: validated identifiers; nothing unchecked reaches a Redis key.
+//! - [`keys`]: the Redis key names, one hash tag per shard.
+//! - [`sharding`]: home shards of users, default shard counts, splitting stock.
+//! - [`scripts`]: the embedded Lua scripts and their result codes.
+//! - [`events`]: the shard streams' entries (the outbox), decoded.
+//! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
+//! - [`maintenance`]: the background sweeper and move recovery.
+//! - [`local_redis`]: a private `redis-server` for the demo, tests and load runs.
+//! - [`demo`]: the sale the README's first command runs.
+//!
+//! See `ARCHITECTURE.md` for the invariants.
+
+pub mod demo;
+pub mod events;
+pub mod ids;
+pub mod keys;
+pub mod local_redis;
+pub mod maintenance;
+pub mod scripts;
+pub mod sharding;
+pub mod store;

@@ -1,0 +1,69 @@
+//! The `flashsale` command: parses arguments and calls the library.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use flashsale::demo::{self, DemoOptions};
+
+/// Flash-sale inventory reservation engine.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a demo sale against a private Redis and check that it ended right.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Units on sale.
+    #[arg(long, default_value_t = 500)]
+    stock: u64,
+    /// Shards the stock is split over (default: chosen from the stock).
+    #[arg(long, default_value_t = 8)]
+    shards: u16,
+    /// Buyers in the first wave.
+    #[arg(long, default_value_t = 5_000)]
+    users: u32,
+    /// Buyers in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Hold length in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    hold_ms: u64,
+    /// Use this Redis instead of starting a private one (the demo writes under a fresh
+    /// key prefix and deletes nothing).
+    #[arg(long, env = "FLASHSALE_DEMO_REDIS_URL")]
+    redis_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Demo(args) => {
+            let report = demo::run(&DemoOptions {
+                stock: args.stock,
+                shards: Some(args.shards),
+                users: args.users,
+                concurrency: args.concurrency,
+                hold: Duration::from_millis(args.hold_ms),
+                redis_url: args.redis_url,
+            })
+            .await?;
+            println!("{report}");
+            anyhow::ensure!(report.violations.is_empty(), "the demo sale ended wrong");
+        }
+    }
+    Ok(())
+}

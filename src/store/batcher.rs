@@ -1,0 +1,115 @@
+//! Coalescing of concurrent reserves: one queue and one task per (SKU, shard).
+//!
+//! A script call's fixed cost (EVALSHA, TIME, one HMGET, HSET, ZADD and XADD) is most of
+//! what a reserve costs Redis, so reserves that arrive while a call for their shard is in
+//! flight wait and go together in the next one (`reserve.lua` takes a batch). An idle shard
+//! adds no delay: a lone request is sent at once as a batch of one. Under load batches grow
+//! by themselves, which is exactly when Redis time is scarce.
+
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Inner, Store, StoreError};
+use crate::ids::{ReservationId, Sku};
+use crate::scripts::RawReserve;
+use crate::store::ReserveRequest;
+
+/// Most requests in one script call: bounds the time Redis spends in one script.
+pub(super) const MAX_BATCH: usize = 64;
+/// Requests that may wait for one shard before senders wait too.
+const QUEUE: usize = 4096;
+
+/// A reserve waiting for its shard's next call.
+pub(super) struct Pending {
+    pub id: ReservationId,
+    pub request: ReserveRequest,
+    pub reply: oneshot::Sender<Result<(u64, RawReserve), StoreError>>,
+}
+
+impl Store {
+    /// Sends one reserve through its shard's queue and waits for the reply.
+    pub(super) async fn reserve_coalesced(
+        &self,
+        shard: u16,
+        id: ReservationId,
+        request: &ReserveRequest,
+    ) -> Result<(u64, RawReserve), StoreError> {
+        let queue = self.queue(&request.sku, shard);
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            id,
+            request: request.clone(),
+            reply,
+        };
+        queue
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::Protocol("shard queue closed".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Protocol("shard queue dropped a request".into()))?
+    }
+
+    fn queue(&self, sku: &Sku, shard: u16) -> mpsc::Sender<Pending> {
+        let mut queues = self.inner.queues.lock();
+        queues
+            .entry((sku.clone(), shard))
+            .or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel(QUEUE);
+                tokio::spawn(drain(Arc::downgrade(&self.inner), shard, receiver));
+                sender
+            })
+            .clone()
+    }
+}
+
+/// The shard's task: takes whatever is queued (up to [`MAX_BATCH`]), makes one call, answers
+/// each request, and goes again. It holds the store weakly and ends with it.
+async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let store = Store { inner };
+        let result = {
+            let requests: Vec<_> = batch.iter().map(|p| (&p.id, &p.request)).collect();
+            store.reserve_batch(shard, &requests).await
+        };
+        let sent = batch.len();
+        match result {
+            Ok((now, _, replies)) if replies.len() == sent => {
+                for (pending, reply) in batch.drain(..).zip(replies) {
+                    let _ = pending.reply.send(Ok((now, reply)));
+                }
+            }
+            Ok((_, _, replies)) => {
+                let got = replies.len();
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(StoreError::Protocol(format!(
+                        "reserve answered {got} of {sent} requests"
+                    ))));
+                }
+            }
+            Err(error) => {
+                let redis = match &error {
+                    StoreError::Redis(e) => Some(e.clone()),
+                    _ => None,
+                };
+                for pending in batch.drain(..) {
+                    let each = match &redis {
+                        Some(e) => StoreError::Redis(e.clone()),
+                        None => StoreError::Protocol(error.to_string()),
+                    };
+                    let _ = pending.reply.send(Err(each));
+                }
+            }
+        }
+    }
+}

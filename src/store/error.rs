@@ -1,0 +1,165 @@
+//! The store's error type, and the one place where script result codes become errors.
+
+use crate::scripts::ScriptCode;
+
+/// Why a store operation did not do what was asked. Refusals are expected outcomes of a
+/// sale; only [`StoreError::Redis`] and [`StoreError::Protocol`] are failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No unit of the SKU is available in any shard.
+    #[error("sold out")]
+    SoldOut,
+    /// The user would hold or own more than the SKU's per-user limit.
+    #[error("per-user limit exceeded")]
+    LimitExceeded,
+    /// The sale window has not opened.
+    #[error("the sale has not started")]
+    NotStarted,
+    /// The sale window has closed.
+    #[error("the sale has ended")]
+    Ended,
+    /// The SKU was never loaded.
+    #[error("unknown sku")]
+    UnknownSku,
+    /// Quantity outside 1..=per-user limit.
+    #[error("invalid quantity")]
+    InvalidQuantity,
+    /// The idempotency key was used before with other parameters.
+    #[error("idempotency key reused with other parameters")]
+    KeyReused,
+    /// The idempotency key is barred by an earlier cancel (TCC anti-hanging).
+    #[error("idempotency key barred by an earlier cancel")]
+    KeyCancelled,
+    /// No such reservation.
+    #[error("reservation not found")]
+    NotFound,
+    /// The reservation was cancelled, so it cannot be confirmed.
+    #[error("reservation cancelled")]
+    Cancelled,
+    /// The reservation was confirmed, so it cannot be cancelled.
+    #[error("reservation confirmed")]
+    Confirmed,
+    /// The hold expired and its units could not be taken again.
+    #[error("reservation expired and its units are gone ({0})")]
+    Expired(ExpiredBecause),
+    /// The SKU has holds, sales or barriers: it can be restocked, not replaced.
+    #[error("sku is live: it has holds, sales or barriers")]
+    SkuLive,
+    /// A SKU specification that cannot be loaded.
+    #[error("invalid sku specification: {0}")]
+    InvalidSpec(String),
+    /// Concurrent reserves kept taking the units moved for this one; retrying may succeed.
+    #[error("stock is contended; retry")]
+    Contended,
+    /// Redis failed or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis answered something the scripts never return.
+    #[error("unexpected reply from redis: {0}")]
+    Protocol(String),
+}
+
+/// Why a late confirm failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiredBecause {
+    /// The units were sold to someone else.
+    Stock,
+    /// The user holds other units in their place, up to the limit.
+    Limit,
+}
+
+impl std::fmt::Display for ExpiredBecause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stock => "no stock",
+            Self::Limit => "per-user limit",
+        })
+    }
+}
+
+impl StoreError {
+    /// A stable machine-readable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::SoldOut => "sold_out",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::NotStarted => "sale_not_started",
+            Self::Ended => "sale_ended",
+            Self::UnknownSku => "sku_not_found",
+            Self::InvalidQuantity => "invalid_quantity",
+            Self::KeyReused => "idempotency_key_reused",
+            Self::KeyCancelled | Self::Cancelled => "reservation_cancelled",
+            Self::NotFound => "reservation_not_found",
+            Self::Confirmed => "reservation_confirmed",
+            Self::Expired(_) => "reservation_expired",
+            Self::SkuLive => "sku_live",
+            Self::InvalidSpec(_) => "invalid_sku",
+            Self::Contended | Self::Redis(_) | Self::Protocol(_) => "unavailable",
+        }
+    }
+
+    /// The refusal a script code stands for. Codes that are not refusals (`Ok`,
+    /// `Replayed`, ...) are handled by the caller and come out as protocol errors here.
+    pub(crate) fn from_code(code: ScriptCode) -> Self {
+        match code {
+            ScriptCode::ShardEmpty => Self::SoldOut,
+            ScriptCode::Limit => Self::LimitExceeded,
+            ScriptCode::NotStarted => Self::NotStarted,
+            ScriptCode::Ended => Self::Ended,
+            ScriptCode::NoSku => Self::UnknownSku,
+            ScriptCode::BadQty => Self::InvalidQuantity,
+            ScriptCode::KeyReused => Self::KeyReused,
+            ScriptCode::KeyCancelled => Self::KeyCancelled,
+            ScriptCode::NotFound => Self::NotFound,
+            ScriptCode::Cancelled => Self::Cancelled,
+            ScriptCode::Confirmed => Self::Confirmed,
+            ScriptCode::Expired => Self::Expired(ExpiredBecause::Stock),
+            ScriptCode::SkuLive => Self::SkuLive,
+            other => Self::Protocol(format!("{other:?} is not a refusal")),
+        }
+    }
+
+    /// The error for a raw script integer.
+    pub(crate) fn from_raw(code: i64) -> Result<ScriptCode, Self> {
+        ScriptCode::from_i64(code).ok_or_else(|| Self::Protocol(format!("unknown code {code}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_its_own_stable_code() {
+        let refusals = [
+            (ScriptCode::ShardEmpty, "sold_out"),
+            (ScriptCode::Limit, "limit_exceeded"),
+            (ScriptCode::NotStarted, "sale_not_started"),
+            (ScriptCode::Ended, "sale_ended"),
+            (ScriptCode::NoSku, "sku_not_found"),
+            (ScriptCode::BadQty, "invalid_quantity"),
+            (ScriptCode::KeyReused, "idempotency_key_reused"),
+            (ScriptCode::KeyCancelled, "reservation_cancelled"),
+            (ScriptCode::NotFound, "reservation_not_found"),
+            (ScriptCode::Cancelled, "reservation_cancelled"),
+            (ScriptCode::Confirmed, "reservation_confirmed"),
+            (ScriptCode::Expired, "reservation_expired"),
+            (ScriptCode::SkuLive, "sku_live"),
+        ];
+        for (code, expected) in refusals {
+            assert_eq!(StoreError::from_code(code).code(), expected, "{code:?}");
+        }
+        for not_a_refusal in [
+            ScriptCode::Ok,
+            ScriptCode::Replayed,
+            ScriptCode::Replaced,
+            ScriptCode::DuplicateId,
+        ] {
+            assert!(matches!(
+                StoreError::from_code(not_a_refusal),
+                StoreError::Protocol(_)
+            ));
+        }
+        assert!(StoreError::from_raw(99).is_err());
+    }
+}

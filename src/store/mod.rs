@@ -1,0 +1,614 @@
+//! The reservation store: a typed API over the Lua scripts, on one multiplexed connection.
+//!
+//! Stock changes only inside the scripts; this module routes each call to the shard that
+//! owns it (a user's home shard, or the shard a reservation id names), turns script codes
+//! into [`StoreError`]s, and moves stock between shards when a home shard runs dry
+//! (`moves.rs`).
+//!
+//! The hot path uses one [`ConnectionManager`]: a multiplexed connection that pipelines
+//! concurrent calls and reconnects by itself. On these machines it served about 2.5x the
+//! reserves of a pooled connection per request with the same script.
+
+mod batcher;
+mod error;
+mod moves;
+mod types;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, RedisError, Value};
+
+use crate::ids::{random_token, IdempotencyKey, OpId, ReservationId, Sku, UserId};
+use crate::keys::{KeySpace, ShardKeys};
+use crate::scripts::{RawHold, RawReserve, ScriptCode, Scripts};
+use crate::sharding::{default_shards, home_shard, split};
+
+pub use error::{ExpiredBecause, StoreError};
+pub use types::{
+    HoldState, Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport,
+    Totals, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
+};
+
+/// How often a reserve goes round "shard empty, move stock here, try again" before it
+/// gives up with [`StoreError::Contended`]. Each round means other buyers took the units
+/// moved for this one, so the SKU is nearly sold out and a retry soon settles it.
+const MAX_RESERVE_ROUNDS: usize = 16;
+
+/// Entries of the deadline index a single sweep call looks at.
+pub const SWEEP_BATCH: u32 = 256;
+
+/// How to reach Redis and where the engine's keys live.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `redis://host:port/db`.
+    pub redis_url: String,
+    /// Prefix of every key (`fs:` by default).
+    pub prefix: String,
+    /// How long a call may wait for Redis before it fails.
+    pub timeout: Duration,
+}
+
+impl StoreOptions {
+    /// Options for `redis_url`, prefix `fs:`, one second timeout.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            prefix: "fs:".to_owned(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The reservation store. Cheap to clone; clones share one connection and caches.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+/// One shard of one SKU.
+type ShardOf = (Sku, u16);
+
+struct Inner {
+    conn: ConnectionManager,
+    keys: KeySpace,
+    scripts: Scripts,
+    /// SKU configurations by SKU. A SKU's shard count only changes when it is replaced,
+    /// which only a SKU without holds can be, so a stale entry at worst routes a reserve
+    /// to a shard the replace reset; the scripts' `NO_SKU` evicts it.
+    configs: RwLock<HashMap<Sku, Arc<SkuConfig>>>,
+    /// One async lock per (SKU, shard) so that concurrent reserves on an empty shard wait
+    /// for one stock move instead of each starting their own.
+    refill_locks: Mutex<HashMap<ShardOf, Arc<tokio::sync::Mutex<()>>>>,
+    /// The reserve queue of each (SKU, shard) in use (see `batcher.rs`).
+    queues: Mutex<HashMap<ShardOf, tokio::sync::mpsc::Sender<batcher::Pending>>>,
+}
+
+fn parse<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
+    T::from_redis_value(value).map_err(|e| StoreError::Redis(RedisError::from(e)))
+}
+
+impl Store {
+    /// Connects to Redis; scripts are loaded on first use.
+    pub async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        let keys =
+            KeySpace::new(&options.prefix).map_err(|e| StoreError::InvalidSpec(e.to_string()))?;
+        let client = redis::Client::open(options.redis_url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.timeout))
+            .set_connection_timeout(Some(options.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                scripts: Scripts::new(),
+                configs: RwLock::new(HashMap::new()),
+                refill_locks: Mutex::new(HashMap::new()),
+                queues: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The key names this store uses.
+    pub fn keys(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    /// A handle on the shared multiplexed connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    fn shard_keys(&self, sku: &Sku, shard: u16) -> ShardKeys {
+        self.inner.keys.shard(sku, shard)
+    }
+
+    /// Prepares a call of `script` on one shard: its keys, then sku and shard index.
+    fn invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        sku: &Sku,
+        shard: u16,
+        with_moves: bool,
+    ) -> redis::ScriptInvocation<'a> {
+        let keys = self.shard_keys(sku, shard);
+        let mut call = script.prepare_invoke();
+        call.key(keys.hash)
+            .key(keys.deadlines)
+            .key(keys.events)
+            .arg(sku.as_str())
+            .arg(shard);
+        if with_moves {
+            call.key(keys.moves);
+        }
+        call
+    }
+
+    // ---- SKUs ---------------------------------------------------------------------------
+
+    /// Loads `sku` with `spec`, or replaces it if it has never recorded a hold, sale or
+    /// barrier. A live SKU is refused with [`StoreError::SkuLive`] before anything changes.
+    pub async fn load(&self, sku: &Sku, spec: &SkuSpec) -> Result<Loaded, StoreError> {
+        spec.validate()?;
+        let shards = spec.shards.unwrap_or_else(|| default_shards(spec.stock));
+        let old = self.read_config(sku).await?;
+        let touched = shards.max(old.as_ref().map_or(0, |c| c.shards));
+        if self.any_shard_live(sku, touched).await? {
+            return Err(StoreError::SkuLive);
+        }
+        let units = split(spec.stock, shards);
+        let hold_ms = spec.hold.as_millis() as u64;
+        let mut conn = self.connection();
+        // Shards beyond a smaller new count are loaded empty: nothing routes to them, and
+        // their `loaded` events keep the ledger's sums right.
+        for shard in 0..touched {
+            let (_, _, code): (u64, i64, i64) = self
+                .invocation(&self.inner.scripts.load_shard, sku, shard, true)
+                .arg(units.get(usize::from(shard)).copied().unwrap_or(0))
+                .arg(spec.per_user_limit)
+                .arg(hold_ms)
+                .arg(spec.starts_at_ms.unwrap_or(0))
+                .arg(spec.ends_at_ms.unwrap_or(0))
+                .arg(shards)
+                .invoke_async(&mut conn)
+                .await?;
+            match StoreError::from_raw(code)? {
+                ScriptCode::Ok | ScriptCode::Replaced => {}
+                other => return Err(StoreError::from_code(other)),
+            }
+        }
+        let config = SkuConfig {
+            sku: sku.clone(),
+            shards,
+            stock: spec.stock,
+            per_user_limit: spec.per_user_limit,
+            hold: Duration::from_millis(hold_ms),
+            starts_at_ms: spec.starts_at_ms,
+            ends_at_ms: spec.ends_at_ms,
+        };
+        redis::pipe()
+            .atomic()
+            .del(self.inner.keys.meta(sku))
+            .hset_multiple(
+                self.inner.keys.meta(sku),
+                &[
+                    ("shards", u64::from(shards)),
+                    ("stock", spec.stock),
+                    ("per_user_limit", u64::from(spec.per_user_limit)),
+                    ("hold_ms", hold_ms),
+                    ("starts_at_ms", spec.starts_at_ms.unwrap_or(0)),
+                    ("ends_at_ms", spec.ends_at_ms.unwrap_or(0)),
+                ],
+            )
+            .sadd(self.inner.keys.registry(), sku.as_str())
+            .exec_async(&mut conn)
+            .await?;
+        self.inner
+            .configs
+            .write()
+            .insert(sku.clone(), Arc::new(config));
+        Ok(if old.is_some() {
+            Loaded::Replaced
+        } else {
+            Loaded::Created
+        })
+    }
+
+    /// Whether any of the first `shards` shards has recorded a hold, sale or barrier, or
+    /// has a stock move in flight.
+    async fn any_shard_live(&self, sku: &Sku, shards: u16) -> Result<bool, StoreError> {
+        if shards == 0 {
+            return Ok(false);
+        }
+        let mut pipe = redis::pipe();
+        for shard in 0..shards {
+            let keys = self.shard_keys(sku, shard);
+            pipe.hmget(&keys.hash, &[":made", ":held", ":sold"])
+                .hlen(&keys.moves);
+        }
+        let replies: Vec<Value> = pipe.query_async(&mut self.connection()).await?;
+        let mut replies = replies.into_iter();
+        while let (Some(counters), Some(moves)) = (replies.next(), replies.next()) {
+            let counters: Vec<Option<u64>> = parse(counters)?;
+            let moves: u64 = parse(moves)?;
+            if moves > 0 || counters.iter().any(|c| c.unwrap_or(0) > 0) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads a SKU's configuration from Redis, bypassing the cache.
+    async fn read_config(&self, sku: &Sku) -> Result<Option<SkuConfig>, StoreError> {
+        let fields: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(self.inner.keys.meta(sku))
+            .query_async(&mut self.connection())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let get = |name: &str| {
+            fields
+                .get(name)
+                .copied()
+                .ok_or_else(|| StoreError::Protocol(format!("sku meta lacks {name}")))
+        };
+        let nonzero = |v: u64| (v > 0).then_some(v);
+        let narrow = |v: u64| {
+            u32::try_from(v).map_err(|_| StoreError::Protocol("sku meta out of range".into()))
+        };
+        Ok(Some(SkuConfig {
+            sku: sku.clone(),
+            shards: u16::try_from(get("shards")?)
+                .map_err(|_| StoreError::Protocol("shard count out of range".into()))?,
+            stock: get("stock")?,
+            per_user_limit: narrow(get("per_user_limit")?)?,
+            hold: Duration::from_millis(get("hold_ms")?),
+            starts_at_ms: nonzero(get("starts_at_ms")?),
+            ends_at_ms: nonzero(get("ends_at_ms")?),
+        }))
+    }
+
+    /// A SKU's configuration, from memory when known.
+    pub async fn config(&self, sku: &Sku) -> Result<Arc<SkuConfig>, StoreError> {
+        if let Some(config) = self.inner.configs.read().get(sku) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(self.read_config(sku).await?.ok_or(StoreError::UnknownSku)?);
+        self.inner
+            .configs
+            .write()
+            .insert(sku.clone(), config.clone());
+        Ok(config)
+    }
+
+    fn forget(&self, sku: &Sku) {
+        self.inner.configs.write().remove(sku);
+    }
+
+    /// Every loaded SKU.
+    pub async fn skus(&self) -> Result<Vec<Sku>, StoreError> {
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.inner.keys.registry())
+            .query_async(&mut self.connection())
+            .await?;
+        let mut skus: Vec<Sku> = names.into_iter().filter_map(|n| Sku::new(n).ok()).collect();
+        skus.sort();
+        Ok(skus)
+    }
+
+    /// Adds `quantity` units to a loaded SKU, spread over its shards. Idempotent by `op`:
+    /// the same op id again adds nothing more (a restock cut short is finished by repeating
+    /// it). Without an op id a fresh one is drawn.
+    pub async fn restock(
+        &self,
+        sku: &Sku,
+        quantity: u64,
+        op: Option<&OpId>,
+    ) -> Result<Totals, StoreError> {
+        if quantity == 0 || quantity > MAX_STOCK {
+            return Err(StoreError::InvalidQuantity);
+        }
+        let config = self.config(sku).await?;
+        let op = op.map_or_else(random_token, |op| op.as_str().to_owned());
+        let mut conn = self.connection();
+        for (shard, units) in (0..config.shards).zip(split(quantity, config.shards)) {
+            if units == 0 {
+                continue;
+            }
+            let (_, _, code): (u64, i64, i64) = self
+                .invocation(&self.inner.scripts.restock, sku, shard, false)
+                .arg(units)
+                .arg(&op)
+                .invoke_async(&mut conn)
+                .await?;
+            match StoreError::from_raw(code)? {
+                ScriptCode::Ok | ScriptCode::Replayed => {}
+                ScriptCode::NoSku => {
+                    self.forget(sku);
+                    return Err(StoreError::UnknownSku);
+                }
+                other => return Err(StoreError::from_code(other)),
+            }
+        }
+        self.totals(sku).await
+    }
+
+    /// A SKU's units summed over its shards. On a single Redis the shards are read in one
+    /// `MULTI`, so the figures are one instant's and conservation holds exactly.
+    pub async fn totals(&self, sku: &Sku) -> Result<Totals, StoreError> {
+        let config = self.config(sku).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for shard in 0..config.shards {
+            pipe.hmget(
+                self.shard_keys(sku, shard).hash,
+                &[
+                    ":avail",
+                    ":held",
+                    ":sold",
+                    ":loaded",
+                    ":restocked",
+                    ":moved_in",
+                    ":moved_out",
+                ],
+            );
+        }
+        let shards: Vec<Vec<Option<u64>>> = pipe.query_async(&mut self.connection()).await?;
+        let mut totals = Totals::default();
+        let (mut moved_in, mut moved_out) = (0, 0);
+        for counters in shards {
+            let c = |i: usize| counters.get(i).copied().flatten().unwrap_or(0);
+            totals.available += c(0);
+            totals.held += c(1);
+            totals.sold += c(2);
+            totals.loaded += c(3);
+            totals.restocked += c(4);
+            moved_in += c(5);
+            moved_out += c(6);
+        }
+        totals.in_transit = moved_out.saturating_sub(moved_in);
+        Ok(totals)
+    }
+
+    // ---- reservations -------------------------------------------------------------------
+
+    /// The Try: holds `request.quantity` units for the user until the SKU's hold time has
+    /// passed. The same key with the same quantity returns the original reservation
+    /// (`replayed`); a refusal says why. Sold out means that no shard of the SKU had the
+    /// units when this reserve last looked, after completing moves in flight and
+    /// returning expired holds.
+    pub async fn reserve(&self, request: &ReserveRequest) -> Result<Reserved, StoreError> {
+        let config = self.config(&request.sku).await?;
+        if request.quantity == 0 || request.quantity > config.per_user_limit {
+            return Err(StoreError::InvalidQuantity);
+        }
+        let shard = home_shard(&request.user, config.shards);
+        for _ in 0..MAX_RESERVE_ROUNDS {
+            let id = ReservationId::generate(&request.sku, shard);
+            let (now, reply) = self.reserve_coalesced(shard, id, request).await?;
+            let code = StoreError::from_raw(reply.0)?;
+            match code {
+                ScriptCode::Ok | ScriptCode::Replayed => {
+                    let (_, rid, state, qty, deadline) = reply;
+                    let raw = (
+                        0,
+                        rid,
+                        state,
+                        request.user.to_string(),
+                        qty,
+                        deadline,
+                        request.key.to_string(),
+                    );
+                    return Ok(Reserved {
+                        reservation: reservation_from(&request.sku, raw, now)?,
+                        replayed: code == ScriptCode::Replayed,
+                    });
+                }
+                ScriptCode::DuplicateId => continue,
+                ScriptCode::ShardEmpty => {
+                    if !self.refill(&config, shard, request.quantity).await? {
+                        return Err(StoreError::SoldOut);
+                    }
+                }
+                ScriptCode::NoSku => {
+                    self.forget(&request.sku);
+                    return Err(StoreError::UnknownSku);
+                }
+                other => return Err(StoreError::from_code(other)),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// One call of `reserve.lua` for requests that all live in `shard` of one SKU.
+    /// Returns Redis's time, the shard's available units after the call, and a reply per
+    /// request in order.
+    pub async fn reserve_batch(
+        &self,
+        shard: u16,
+        requests: &[(&ReservationId, &ReserveRequest)],
+    ) -> Result<(u64, i64, Vec<RawReserve>), StoreError> {
+        let Some((_, first)) = requests.first() else {
+            return Ok((0, 0, Vec::new()));
+        };
+        let mut call = self.invocation(&self.inner.scripts.reserve, &first.sku, shard, false);
+        call.arg(requests.len());
+        for (id, request) in requests {
+            debug_assert_eq!(request.sku, first.sku, "one batch, one SKU");
+            call.arg(id.as_str())
+                .arg(request.user.as_str())
+                .arg(request.quantity)
+                .arg(request.key.as_str());
+        }
+        Ok(call.invoke_async(&mut self.connection()).await?)
+    }
+
+    /// The Confirm: turns a hold into a sale. Idempotent. A hold past its deadline is
+    /// confirmed if its units can be taken again (from its shard, or moved there from
+    /// another); otherwise [`StoreError::Expired`].
+    pub async fn confirm(&self, id: &ReservationId) -> Result<Reservation, StoreError> {
+        for _ in 0..MAX_RESERVE_ROUNDS {
+            let (now, _, reply, reason): (u64, i64, RawHold, String) = self
+                .invocation(&self.inner.scripts.confirm, id.sku(), id.shard(), false)
+                .arg(id.as_str())
+                .invoke_async(&mut self.connection())
+                .await?;
+            match StoreError::from_raw(reply.0)? {
+                ScriptCode::Ok | ScriptCode::Replayed => {
+                    return reservation_from(id.sku(), reply, now)
+                }
+                ScriptCode::NoSku | ScriptCode::NotFound => return Err(StoreError::NotFound),
+                ScriptCode::Expired if reason == "limit" => {
+                    return Err(StoreError::Expired(ExpiredBecause::Limit))
+                }
+                ScriptCode::Expired => {
+                    let config = self.config(id.sku()).await?;
+                    if !self.refill(&config, id.shard(), reply.4 as u32).await? {
+                        return Err(StoreError::Expired(ExpiredBecause::Stock));
+                    }
+                }
+                other => return Err(StoreError::from_code(other)),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// The Cancel: returns a hold's units. Idempotent; a hold found past its deadline comes
+    /// back [`HoldState::Expired`]; a confirmed one is refused.
+    pub async fn cancel(&self, id: &ReservationId) -> Result<Reservation, StoreError> {
+        let (now, _, reply): (u64, i64, RawHold) = self
+            .invocation(&self.inner.scripts.cancel, id.sku(), id.shard(), false)
+            .arg(id.as_str())
+            .invoke_async(&mut self.connection())
+            .await?;
+        match StoreError::from_raw(reply.0)? {
+            ScriptCode::Ok | ScriptCode::Replayed => reservation_from(id.sku(), reply, now),
+            ScriptCode::NoSku | ScriptCode::NotFound => Err(StoreError::NotFound),
+            other => Err(StoreError::from_code(other)),
+        }
+    }
+
+    /// The Cancel by idempotency key. Cancels the reservation the key made, if any;
+    /// otherwise records a barrier so that a reserve arriving later with the key is
+    /// refused. Returns the reservation when there was one.
+    pub async fn cancel_by_key(
+        &self,
+        sku: &Sku,
+        user: &UserId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Reservation>, StoreError> {
+        let config = self.config(sku).await?;
+        let shard = home_shard(user, config.shards);
+        let (now, _, reply): (u64, i64, RawHold) = self
+            .invocation(&self.inner.scripts.cancel_by_key, sku, shard, false)
+            .arg(user.as_str())
+            .arg(key.as_str())
+            .invoke_async(&mut self.connection())
+            .await?;
+        match StoreError::from_raw(reply.0)? {
+            ScriptCode::Ok | ScriptCode::Replayed if reply.1.is_empty() => Ok(None),
+            ScriptCode::Ok | ScriptCode::Replayed => reservation_from(sku, reply, now).map(Some),
+            ScriptCode::NoSku => {
+                self.forget(sku);
+                Err(StoreError::UnknownSku)
+            }
+            other => Err(StoreError::from_code(other)),
+        }
+    }
+
+    /// Reads one reservation. A held hold past its deadline reads as expired.
+    pub async fn reservation(&self, id: &ReservationId) -> Result<Reservation, StoreError> {
+        let (time, packed): ((u64, u64), Option<String>) = redis::pipe()
+            .cmd("TIME")
+            .hget(self.shard_keys(id.sku(), id.shard()).hash, id.as_str())
+            .query_async(&mut self.connection())
+            .await?;
+        let packed = packed.ok_or(StoreError::NotFound)?;
+        let now = time.0 * 1000 + time.1 / 1000;
+        // "<state>|<user>|<qty>|<deadline>|<key>", as lua/prelude.lua stores it.
+        let mut parts = packed.splitn(5, '|');
+        let mut next = || {
+            parts
+                .next()
+                .ok_or_else(|| StoreError::Protocol(format!("bad hold record {packed:?}")))
+        };
+        let (state, user, qty, deadline, key) = (next()?, next()?, next()?, next()?, next()?);
+        let number = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| StoreError::Protocol(format!("bad number {s:?}")))
+        };
+        let raw: RawHold = (
+            ScriptCode::Ok as i64,
+            id.to_string(),
+            state.to_owned(),
+            user.to_owned(),
+            number(qty)?,
+            number(deadline)?,
+            key.to_owned(),
+        );
+        reservation_from(id.sku(), raw, now)
+    }
+
+    /// Expires the holds of `sku` whose deadline has passed, oldest first, at most
+    /// `max_per_shard` index entries per shard.
+    pub async fn sweep(&self, sku: &Sku, max_per_shard: u32) -> Result<SweepReport, StoreError> {
+        let config = self.config(sku).await?;
+        let mut report = SweepReport::default();
+        for shard in 0..config.shards {
+            let shard_report = self.sweep_shard(sku, shard, max_per_shard).await?;
+            report.expired += shard_report.expired;
+            report.more |= shard_report.more;
+        }
+        Ok(report)
+    }
+
+    async fn sweep_shard(
+        &self,
+        sku: &Sku,
+        shard: u16,
+        max: u32,
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        let mut left = max;
+        while left > 0 {
+            let batch = left.min(SWEEP_BATCH);
+            let (_, _, expired, more): (u64, i64, u64, u8) = self
+                .invocation(&self.inner.scripts.sweep, sku, shard, false)
+                .arg(batch)
+                .invoke_async(&mut self.connection())
+                .await?;
+            report.expired += expired;
+            report.more = more == 1;
+            left -= batch;
+            if !report.more {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Builds a reservation from a script's reply about it.
+fn reservation_from(sku: &Sku, raw: RawHold, now_ms: u64) -> Result<Reservation, StoreError> {
+    let (_, rid, state, user, qty, deadline, key) = raw;
+    let bad = |what: &str| StoreError::Protocol(format!("bad {what} in reply for {rid:?}"));
+    let id = ReservationId::parse(&rid).map_err(|_| bad("id"))?;
+    if id.sku() != sku {
+        return Err(bad("sku"));
+    }
+    Ok(Reservation {
+        state: HoldState::decode(&state, deadline, now_ms).ok_or_else(|| bad("state"))?,
+        user: UserId::new(user).map_err(|_| bad("user"))?,
+        quantity: u32::try_from(qty).map_err(|_| bad("quantity"))?,
+        deadline_ms: deadline,
+        key: IdempotencyKey::new(key).map_err(|_| bad("key"))?,
+        id,
+    })
+}
