@@ -1,0 +1,10 @@
+//! Tests of the reservation core against real `redis-server` processes, each test starting
+//! its own on a free port (see `flashsale::local_redis`).
+
+mod concurrency;
+mod expiry;
+mod model;
+mod restart;
+mod scripts;
+mod sell_through;
+mod support;

@@ -1,0 +1,114 @@
+//! A `redis-server` (append-only file, fsync always) killed and restarted in the middle of
+//! a sale: the scripts come back by themselves, clients retrying with their idempotency
+//! keys get each hold once, nothing acknowledged is lost, conservation holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashsale::local_redis::{Fsync, LocalRedisOptions};
+use flashsale::store::{HoldState, StoreError};
+use parking_lot::Mutex;
+
+use crate::support::*;
+
+/// Waits before a retry; a Redis that stays away for many seconds fails the test.
+async fn backoff(failures: &AtomicU64, error: redis::RedisError) {
+    let failed = failures.fetch_add(1, Ordering::Relaxed);
+    assert!(failed < 2_000, "redis did not come back: {error}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scripts_reload_and_nothing_acknowledged_is_lost_across_a_restart() {
+    const STOCK: u64 = 400;
+    const BUYERS: u64 = 800;
+    let mut h = Harness::start_with(LocalRedisOptions {
+        aof: Some(Fsync::Always),
+    })
+    .await;
+    let tv = h.sku("tv", spec(STOCK, 4, 1, 600_000)).await;
+    let next = Arc::new(AtomicU64::new(0));
+    let acknowledged: Arc<Mutex<HashMap<String, (String, HoldState)>>> = Arc::default();
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (store, tv, next, acknowledged, failures) = (
+            h.store.clone(),
+            tv.clone(),
+            next.clone(),
+            acknowledged.clone(),
+            failures.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= BUYERS {
+                    return;
+                }
+                let who = format!("buyer{n}");
+                // A client retries with the same key until it gets an answer.
+                let held = loop {
+                    match store.reserve(&request(&tv, &who, 1, "order")).await {
+                        Ok(r) => break Some(r.reservation),
+                        Err(StoreError::SoldOut) => break None,
+                        Err(StoreError::Redis(e)) => backoff(&failures, e).await,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                };
+                let Some(held) = held else { continue };
+                let state = if n % 2 == 0 {
+                    loop {
+                        match store.confirm(&held.id).await {
+                            Ok(r) => break r.state,
+                            Err(StoreError::Redis(e)) => backoff(&failures, e).await,
+                            Err(e) => panic!("unexpected {e:?}"),
+                        }
+                    }
+                } else {
+                    held.state
+                };
+                acknowledged
+                    .lock()
+                    .insert(who, (held.id.to_string(), state));
+            }
+        }));
+    }
+    // Let the sale get going, then crash Redis and bring it back.
+    while next.load(Ordering::Relaxed) < BUYERS / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::task::block_in_place(|| h.redis.restart()).expect("restart redis");
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let acknowledged = acknowledged.lock().clone();
+    assert_eq!(
+        acknowledged.len() as u64,
+        STOCK,
+        "every unit was held by someone"
+    );
+    let mut sold = 0;
+    for (who, (id, state)) in &acknowledged {
+        let stored = h
+            .store
+            .reservation(&flashsale::ids::ReservationId::parse(id).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            (&stored.user.to_string(), stored.state),
+            (who, *state),
+            "{id}"
+        );
+        sold += u64::from(*state == HoldState::Confirmed);
+    }
+    let t = h.store.totals(&tv).await.unwrap();
+    assert_eq!((t.available, t.held, t.sold), (0, STOCK - sold, sold));
+    assert!(t.conserved(), "{t:?}");
+    println!(
+        "calls failed during the restart and retried: {}",
+        failures.load(Ordering::Relaxed)
+    );
+}
