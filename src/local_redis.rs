@@ -81,6 +81,8 @@ impl LocalRedis {
             .arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            // DEBUG SLEEP lets tests stall this private server (loopback only).
+            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")

@@ -9,6 +9,9 @@ pub enum StoreError {
     /// No unit of the SKU is available in any shard.
     #[error("sold out")]
     SoldOut,
+    /// Fewer units are left in the whole SKU than the request wants (but some are).
+    #[error("fewer units left than requested")]
+    InsufficientStock,
     /// The user would hold or own more than the SKU's per-user limit.
     #[error("per-user limit exceeded")]
     LimitExceeded,
@@ -82,6 +85,7 @@ impl StoreError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::SoldOut => "sold_out",
+            Self::InsufficientStock => "insufficient_stock",
             Self::LimitExceeded => "limit_exceeded",
             Self::NotStarted => "sale_not_started",
             Self::Ended => "sale_ended",
@@ -93,7 +97,7 @@ impl StoreError {
             Self::Confirmed => "reservation_confirmed",
             Self::Expired(_) => "reservation_expired",
             Self::SkuLive => "sku_live",
-            Self::InvalidSpec(_) => "invalid_sku",
+            Self::InvalidSpec(_) => "invalid_sku_spec",
             Self::Contended | Self::Redis(_) | Self::Protocol(_) => "unavailable",
         }
     }

@@ -14,9 +14,12 @@ mod error;
 mod moves;
 mod types;
 
+use moves::Refill;
+
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -83,6 +86,9 @@ struct Inner {
     /// One async lock per (SKU, shard) so that concurrent reserves on an empty shard wait
     /// for one stock move instead of each starting their own.
     refill_locks: Mutex<HashMap<ShardOf, Arc<tokio::sync::Mutex<()>>>>,
+    /// Redis's clock minus ours, in ms, from the time the last script reported: lets
+    /// in-memory checks (the sale window) judge by Redis's clock, as the scripts do.
+    clock_offset_ms: AtomicI64,
     /// The reserve queue of each (SKU, shard) in use (see `batcher.rs`).
     queues: Mutex<HashMap<ShardOf, tokio::sync::mpsc::Sender<batcher::Pending>>>,
 }
@@ -111,6 +117,7 @@ impl Store {
                 configs: RwLock::new(HashMap::new()),
                 refill_locks: Mutex::new(HashMap::new()),
                 queues: Mutex::new(HashMap::new()),
+                clock_offset_ms: AtomicI64::new(0),
             }),
         })
     }
@@ -123,6 +130,17 @@ impl Store {
     /// A handle on the shared multiplexed connection.
     pub fn connection(&self) -> ConnectionManager {
         self.inner.conn.clone()
+    }
+
+    /// Redis's time now, in ms since the epoch, as last learnt from a script's reply.
+    pub fn redis_now_ms(&self) -> u64 {
+        let offset = self.inner.clock_offset_ms.load(Ordering::Relaxed);
+        local_now_ms().saturating_add_signed(offset)
+    }
+
+    fn observe_redis_time(&self, redis_now_ms: u64) {
+        let offset = redis_now_ms as i64 - local_now_ms() as i64;
+        self.inner.clock_offset_ms.store(offset, Ordering::Relaxed);
     }
 
     fn shard_keys(&self, sku: &Sku, shard: u16) -> ShardKeys {
@@ -288,6 +306,21 @@ impl Store {
         Ok(config)
     }
 
+    /// Reads a SKU's configuration from Redis again and refreshes the cache; `None` if the
+    /// SKU is gone.
+    pub async fn reload_config(&self, sku: &Sku) -> Result<Option<Arc<SkuConfig>>, StoreError> {
+        let Some(config) = self.read_config(sku).await? else {
+            self.forget(sku);
+            return Ok(None);
+        };
+        let config = Arc::new(config);
+        self.inner
+            .configs
+            .write()
+            .insert(sku.clone(), config.clone());
+        Ok(Some(config))
+    }
+
     fn forget(&self, sku: &Sku) {
         self.inner.configs.write().remove(sku);
     }
@@ -393,6 +426,7 @@ impl Store {
         for _ in 0..MAX_RESERVE_ROUNDS {
             let id = ReservationId::generate(&request.sku, shard);
             let (now, reply) = self.reserve_coalesced(shard, id, request).await?;
+            self.observe_redis_time(now);
             let code = StoreError::from_raw(reply.0)?;
             match code {
                 ScriptCode::Ok | ScriptCode::Replayed => {
@@ -413,8 +447,10 @@ impl Store {
                 }
                 ScriptCode::DuplicateId => continue,
                 ScriptCode::ShardEmpty => {
-                    if !self.refill(&config, shard, request.quantity).await? {
-                        return Err(StoreError::SoldOut);
+                    match self.refill(&config, shard, request.quantity).await? {
+                        Refill::Ready => {}
+                        Refill::Short { available: 0 } => return Err(StoreError::SoldOut),
+                        Refill::Short { .. } => return Err(StoreError::InsufficientStock),
                     }
                 }
                 ScriptCode::NoSku => {
@@ -460,6 +496,7 @@ impl Store {
                 .arg(id.as_str())
                 .invoke_async(&mut self.connection())
                 .await?;
+            self.observe_redis_time(now);
             match StoreError::from_raw(reply.0)? {
                 ScriptCode::Ok | ScriptCode::Replayed => {
                     return reservation_from(id.sku(), reply, now)
@@ -470,7 +507,8 @@ impl Store {
                 }
                 ScriptCode::Expired => {
                     let config = self.config(id.sku()).await?;
-                    if !self.refill(&config, id.shard(), reply.4 as u32).await? {
+                    let need = u32::try_from(reply.4).unwrap_or(u32::MAX);
+                    if self.refill(&config, id.shard(), need).await? != Refill::Ready {
                         return Err(StoreError::Expired(ExpiredBecause::Stock));
                     }
                 }
@@ -556,6 +594,41 @@ impl Store {
         reservation_from(id.sku(), raw, now)
     }
 
+    /// Every `<user>:<key>` the SKU has recorded, a reservation's or a barrier's. The
+    /// admission layer loads them when a SKU closes (sold out, ended), so that a client
+    /// retrying a reserve that did succeed gets its reservation back, not a refusal.
+    pub async fn recorded_keys(
+        &self,
+        sku: &Sku,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let config = self.config(sku).await?;
+        let mut keys = std::collections::HashSet::new();
+        let mut conn = self.connection();
+        for shard in 0..config.shards {
+            let hash = self.shard_keys(sku, shard).hash;
+            let mut cursor = 0u64;
+            loop {
+                // Key records are the only fields that start with an id character and
+                // contain ':' (counters start with ':', holds contain '~' instead).
+                let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                    .arg(&hash)
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg("[^:]*:*")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
+                keys.extend(fields.into_iter().map(|(field, _)| field));
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// Expires the holds of `sku` whose deadline has passed, oldest first, at most
     /// `max_per_shard` index entries per shard.
     pub async fn sweep(&self, sku: &Sku, max_per_shard: u32) -> Result<SweepReport, StoreError> {
@@ -593,6 +666,12 @@ impl Store {
         }
         Ok(report)
     }
+}
+
+fn local_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Builds a reservation from a script's reply about it.

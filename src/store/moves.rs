@@ -31,6 +31,18 @@ struct ShardStatus {
     earliest_deadline: Option<u64>,
 }
 
+/// What a refill achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refill {
+    /// The home shard has the units now (or had them already): try again.
+    Ready,
+    /// No other shard could give; `available` units were left in the whole SKU.
+    Short {
+        /// Units available over all shards at the last look.
+        available: u64,
+    },
+}
+
 impl Store {
     fn refill_lock(&self, sku: &Sku, shard: u16) -> Arc<tokio::sync::Mutex<()>> {
         self.inner
@@ -42,15 +54,15 @@ impl Store {
     }
 
     /// Makes at least `need` units available in shard `home`, moving stock from other
-    /// shards. Returns `false` only when, after completing the SKU's moves in flight and
-    /// returning its expired holds, no other shard had a unit to give and `home` still
-    /// has fewer than `need`: the SKU is sold out for this request.
+    /// shards. Returns [`Refill::Short`] only when, after completing the SKU's moves in
+    /// flight and returning its expired holds, no other shard had a unit to give and
+    /// `home` still has fewer than `need`: the SKU cannot serve this request.
     pub(super) async fn refill(
         &self,
         config: &SkuConfig,
         home: u16,
         need: u32,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Refill, StoreError> {
         let lock = self.refill_lock(&config.sku, home);
         let _one_refill_per_shard = lock.lock().await;
         let need = u64::from(need);
@@ -58,10 +70,10 @@ impl Store {
         for _ in 0..MAX_REFILL_ROUNDS {
             let (now, shards) = self.shard_status(&config.sku, config.shards).await?;
             let Some(home_status) = shards.get(usize::from(home)) else {
-                return Ok(false);
+                return Ok(Refill::Short { available: 0 });
             };
             if home_status.avail >= need {
-                return Ok(true);
+                return Ok(Refill::Ready);
             }
             if !completed && shards.iter().any(|s| s.pending_moves > 0) {
                 completed = true;
@@ -94,9 +106,33 @@ impl Store {
                 }
                 continue;
             }
-            return Ok(false);
+            let available = shards.iter().map(|s| s.avail).sum();
+            return Ok(Refill::Short { available });
         }
-        Ok(true)
+        Ok(Refill::Ready)
+    }
+
+    /// Units available in the whole SKU, after returning the units of holds whose deadline
+    /// has passed (so that a sold-out flag learns of expiries without waiting for the
+    /// sweeper).
+    pub async fn available(&self, sku: &Sku) -> Result<u64, StoreError> {
+        let config = self.config(sku).await?;
+        let (now, shards) = self.shard_status(sku, config.shards).await?;
+        let mut swept = false;
+        for (shard, status) in (0..config.shards).zip(&shards) {
+            if status.earliest_deadline.is_some_and(|d| d <= now) {
+                swept |= self
+                    .sweep_shard(sku, shard, super::SWEEP_BATCH)
+                    .await?
+                    .expired
+                    > 0;
+            }
+        }
+        if !swept {
+            return Ok(shards.iter().map(|s| s.avail).sum());
+        }
+        let (_, shards) = self.shard_status(sku, config.shards).await?;
+        Ok(shards.iter().map(|s| s.avail).sum())
     }
 
     /// Redis's time and every shard's available units, pending moves and earliest deadline.
