@@ -1,0 +1,73 @@
+//! Keeps the admission gates in step with Redis, in the background.
+//!
+//! - A sold-out SKU is checked every poll (50 ms by default): units that came back by a
+//!   cancel, a restock, another engine, or a deadline that passed (its shards are swept on
+//!   the spot) lower the flag, so reserves reach Redis again within about one poll.
+//! - A closed SKU (sold out, or past its window) gets the idempotency keys Redis recorded
+//!   loaded once, so that retries of reserves that did succeed are not refused.
+//! - Every second, each known SKU's window is read again (another engine may have replaced
+//!   the SKU).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::admission::Admission;
+use crate::store::{Store, StoreError};
+
+/// Polls between two reloads of the SKUs' windows.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// One pass over the gates.
+pub async fn refresh(store: &Store, admission: &Admission) -> Result<(), StoreError> {
+    let now = store.redis_now_ms();
+    for (sku, gate) in admission.gates() {
+        if gate.is_sold_out() {
+            if store.available(&sku).await? > 0 {
+                admission.clear_sold_out(&sku);
+                continue;
+            }
+        } else if !gate.has_ended(now) {
+            continue;
+        }
+        if !gate.keys_loaded() {
+            let keys = store.recorded_keys(&sku).await?;
+            admission.set_recorded_keys(&sku, keys);
+        }
+    }
+    Ok(())
+}
+
+/// Reads every known SKU's configuration again.
+pub async fn reload(store: &Store, admission: &Admission) -> Result<(), StoreError> {
+    for (sku, _) in admission.gates() {
+        match store.reload_config(&sku).await? {
+            Some(config) => admission.know(&config),
+            None => admission.forget(&sku),
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`refresh`] every `poll` and [`reload`] every second until aborted.
+pub fn spawn(store: Store, admission: Arc<Admission>, poll: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let reload_every = (RELOAD_EVERY.as_millis() / poll.as_millis().max(1)).max(1) as u64;
+        let mut tick = 0u64;
+        loop {
+            ticks.tick().await;
+            tick += 1;
+            if let Err(error) = refresh(&store, &admission).await {
+                tracing::warn!(%error, "sold-out refresh failed");
+            }
+            if tick % reload_every == 0 {
+                if let Err(error) = reload(&store, &admission).await {
+                    tracing::warn!(%error, "sku reload failed");
+                }
+            }
+        }
+    })
+}

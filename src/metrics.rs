@@ -1,0 +1,114 @@
+//! Prometheus metrics of the service, in one registry.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets, in seconds: 50 µs to 1 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and outcome (`ok` or the problem code).
+    pub requests: IntCounterVec,
+    /// Request latency by route, method and outcome.
+    pub request_seconds: HistogramVec,
+    /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window).
+    pub refusals: IntCounterVec,
+    /// Latency of the store's Redis calls, by operation.
+    pub redis_seconds: HistogramVec,
+    /// Requests with Redis calls in flight.
+    pub in_flight: IntGauge,
+    /// Units per SKU and state (available, held, sold), read at scrape time.
+    pub sku_units: IntGaugeVec,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "flashsale_http_requests_total",
+                "HTTP requests by route and outcome",
+            ),
+            &["route", "method", "outcome"],
+        )
+        .expect("valid metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "flashsale_http_request_duration_seconds",
+                "HTTP request latency by route and outcome",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method", "outcome"],
+        )
+        .expect("valid metric");
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "flashsale_admission_refusals_total",
+                "Requests refused from memory, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let redis_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "flashsale_redis_call_duration_seconds",
+                "Latency of store calls to Redis by operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "flashsale_in_flight_requests",
+            "Requests with Redis calls in flight",
+        )
+        .expect("valid metric");
+        let sku_units = IntGaugeVec::new(
+            Opts::new("flashsale_sku_units", "Units of a SKU by state"),
+            &["sku", "state"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(refusals.clone()),
+            Box::new(redis_seconds.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(sku_units.clone()),
+        ] {
+            registry.register(collector).expect("unique metric");
+        }
+        Self {
+            registry,
+            requests,
+            request_seconds,
+            refusals,
+            redis_seconds,
+            in_flight,
+            sku_units,
+        }
+    }
+
+    /// The registry in Prometheus's text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
