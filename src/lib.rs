@@ -8,6 +8,10 @@
 //!
 //! # Layout
 //!
+//! - [`http`]: the axum API (one module per resource), its errors and OpenAPI document.
+//! - [`admission`]: in-memory load shedding before any Redis call; [`gates`] keeps its
+//!   sold-out flags and windows in step with Redis.
+//! - [`config`]: `flashsale serve`'s flags; [`metrics`]: the Prometheus registry.
 //! - [`ids`]: validated identifiers; nothing unchecked reaches a Redis key.
 //! - [`keys`]: the Redis key names, one hash tag per shard.
 //! - [`sharding`]: home shards of users, default shard counts, splitting stock.
@@ -20,12 +24,17 @@
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
+pub mod admission;
+pub mod config;
 pub mod demo;
 pub mod events;
+pub mod gates;
+pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod local_redis;
 pub mod maintenance;
+pub mod metrics;
 pub mod scripts;
 pub mod sharding;
 pub mod store;

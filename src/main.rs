@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use flashsale::config::ServeConfig;
 use flashsale::demo::{self, DemoOptions};
+use flashsale::http::{shutdown_signal, Application};
 
 /// Flash-sale inventory reservation engine.
 #[derive(Parser)]
@@ -16,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API, with the expiry sweeper and stock-move recovery in the background.
+    Serve(ServeConfig),
     /// Run a demo sale against a private Redis and check that it ended right.
     Demo(DemoArgs),
 }
@@ -51,6 +55,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
+        Command::Serve(config) => {
+            let app = Application::build(&config).await?;
+            tracing::info!(address = %app.local_addr(), "serving");
+            println!("flashsale listening on http://{}", app.local_addr());
+            app.run_until(shutdown_signal()).await?;
+        }
         Command::Demo(args) => {
             let report = demo::run(&DemoOptions {
                 stock: args.stock,

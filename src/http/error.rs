@@ -1,0 +1,401 @@
+//! The HTTP layer's one error type, rendered as RFC 9457 `application/problem+json` with a
+//! stable machine-readable `code`. Store errors and admission refusals are mapped here, and
+//! only here.
+
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::admission::Refusal;
+use crate::ids::IdError;
+use crate::store::StoreError;
+
+/// A problem, as sent to the client.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem: `urn:flashsale:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened in this case.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: String,
+}
+
+/// The outcome code of a response, for metrics; set on every problem response.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeCode(pub &'static str);
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// What the store answered (refusals and failures; see [`StoreError`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Refused from memory by admission: 429 with `Retry-After`, 409, or 503.
+    #[error("refused: {0:?}")]
+    Refused(Refusal),
+    /// 400: the request cannot be read.
+    #[error("{detail}")]
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// 422: the request was read but a value is not acceptable.
+    #[error("{detail}")]
+    Invalid {
+        /// Stable code.
+        code: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// 401: no admin token, or the wrong one.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 403: admin routes are off because no admin token is configured.
+    #[error("admin routes are disabled")]
+    AdminDisabled,
+    /// 404: no such route or resource.
+    #[error("{detail}")]
+    NotFound {
+        /// Stable code.
+        code: &'static str,
+        /// What was not found.
+        detail: String,
+    },
+    /// 405: the route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 413: the body is over the limit.
+    #[error("body too large")]
+    PayloadTooLarge,
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+}
+
+impl From<IdError> for ApiError {
+    fn from(error: IdError) -> Self {
+        let what = match &error {
+            IdError::Empty { what }
+            | IdError::TooLong { what, .. }
+            | IdError::BadCharacter { what } => *what,
+            // An id that cannot be well-formed names no reservation.
+            IdError::MalformedReservationId => {
+                return Self::NotFound {
+                    code: "reservation_not_found",
+                    detail: "no such reservation".into(),
+                }
+            }
+        };
+        let code = match what {
+            "sku" => "invalid_sku",
+            "user_id" => "invalid_user_id",
+            "idempotency_key" => "invalid_idempotency_key",
+            _ => "invalid_field",
+        };
+        Self::Invalid {
+            code,
+            detail: error.to_string(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => Self::Invalid {
+                code: "invalid_body",
+                detail: e.body_text(),
+            },
+            JsonRejection::JsonSyntaxError(e) => Self::BadRequest {
+                code: "malformed_json",
+                detail: e.body_text(),
+            },
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType(
+                "expected a body with Content-Type: application/json".into(),
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::PayloadTooLarge
+            }
+            other => Self::BadRequest {
+                code: "unreadable_body",
+                detail: other.body_text(),
+            },
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest {
+            code: "invalid_path",
+            detail: rejection.body_text(),
+        }
+    }
+}
+
+struct Parts {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: String,
+    retry_after: Option<Duration>,
+}
+
+/// Seconds a client should wait after a failure of Redis or an overload.
+const RETRY_SOON: Duration = Duration::from_secs(1);
+
+impl ApiError {
+    fn parts(&self) -> Parts {
+        use StatusCode as S;
+        let (status, code, title, retry_after) = match self {
+            Self::Store(error) => {
+                let status = match error {
+                    StoreError::SoldOut
+                    | StoreError::InsufficientStock
+                    | StoreError::LimitExceeded
+                    | StoreError::NotStarted
+                    | StoreError::Ended
+                    | StoreError::KeyCancelled
+                    | StoreError::Cancelled
+                    | StoreError::Confirmed
+                    | StoreError::SkuLive => S::CONFLICT,
+                    StoreError::UnknownSku | StoreError::NotFound => S::NOT_FOUND,
+                    StoreError::InvalidQuantity
+                    | StoreError::KeyReused
+                    | StoreError::InvalidSpec(_) => S::UNPROCESSABLE_ENTITY,
+                    StoreError::Expired(_) => S::GONE,
+                    StoreError::Contended | StoreError::Redis(_) => S::SERVICE_UNAVAILABLE,
+                    StoreError::Protocol(_) => S::INTERNAL_SERVER_ERROR,
+                };
+                let retry = (status == S::SERVICE_UNAVAILABLE).then_some(RETRY_SOON);
+                let code = if status == S::INTERNAL_SERVER_ERROR {
+                    "internal"
+                } else {
+                    error.code()
+                };
+                (status, code, title_of(code), retry)
+            }
+            Self::Refused(refusal) => match refusal {
+                Refusal::RateLimited { retry_after } => (
+                    S::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many requests",
+                    Some(*retry_after),
+                ),
+                Refusal::SoldOut => (S::CONFLICT, "sold_out", "Sold out", None),
+                Refusal::NotStarted => (S::CONFLICT, "sale_not_started", "Sale not started", None),
+                Refusal::Ended => (S::CONFLICT, "sale_ended", "Sale ended", None),
+                Refusal::Overloaded => (
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    Some(RETRY_SOON),
+                ),
+            },
+            Self::BadRequest { code, .. } => (S::BAD_REQUEST, *code, "Bad request", None),
+            Self::Invalid { code, .. } => (S::UNPROCESSABLE_ENTITY, *code, "Invalid request", None),
+            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized", None),
+            Self::AdminDisabled => (
+                S::FORBIDDEN,
+                "admin_disabled",
+                "Admin routes disabled",
+                None,
+            ),
+            Self::NotFound { code, .. } => (S::NOT_FOUND, *code, "Not found", None),
+            Self::MethodNotAllowed => (
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "Method not allowed",
+                None,
+            ),
+            Self::PayloadTooLarge => (
+                S::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Body too large",
+                None,
+            ),
+            Self::UnsupportedMediaType(_) => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                None,
+            ),
+        };
+        let detail = match self {
+            // Internal causes are logged, not shown.
+            Self::Store(StoreError::Redis(_) | StoreError::Protocol(_)) => {
+                "the service cannot reach its data store right now".to_owned()
+            }
+            Self::Refused(Refusal::RateLimited { .. }) => {
+                "slow down and retry after the given time".into()
+            }
+            Self::Refused(Refusal::Overloaded) => {
+                "too many requests in flight; retry shortly".into()
+            }
+            Self::Refused(refusal) => format!("refused: {}", title_of(refusal.code())),
+            Self::AdminDisabled => {
+                "no admin token is configured, so admin routes refuse everyone".into()
+            }
+            Self::Unauthorized => {
+                "a valid 'Authorization: Bearer <admin token>' header is required".into()
+            }
+            other => other.to_string(),
+        };
+        Parts {
+            status,
+            code,
+            title,
+            detail,
+            retry_after,
+        }
+    }
+}
+
+impl Refusal {
+    /// The problem code of the refusal.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::SoldOut => "sold_out",
+            Self::NotStarted => "sale_not_started",
+            Self::Ended => "sale_ended",
+            Self::Overloaded => "unavailable",
+        }
+    }
+}
+
+fn title_of(code: &str) -> &'static str {
+    match code {
+        "sold_out" => "Sold out",
+        "insufficient_stock" => "Not enough units left",
+        "limit_exceeded" => "Per-user limit exceeded",
+        "sale_not_started" => "Sale not started",
+        "sale_ended" => "Sale ended",
+        "sku_not_found" => "SKU not found",
+        "invalid_quantity" => "Invalid quantity",
+        "idempotency_key_reused" => "Idempotency key reused",
+        "reservation_cancelled" => "Reservation cancelled",
+        "reservation_not_found" => "Reservation not found",
+        "reservation_confirmed" => "Reservation confirmed",
+        "reservation_expired" => "Reservation expired",
+        "sku_live" => "SKU is live",
+        "invalid_sku_spec" => "Invalid SKU specification",
+        "unavailable" => "Service unavailable",
+        _ => "Internal error",
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let parts = self.parts();
+        if parts.status.is_server_error() {
+            tracing::warn!(error = %self, code = parts.code, "request failed");
+        }
+        let problem = Problem {
+            kind: format!("urn:flashsale:problem:{}", parts.code),
+            title: parts.title.to_owned(),
+            status: parts.status.as_u16(),
+            detail: parts.detail,
+            code: parts.code.to_owned(),
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem serializes");
+        let mut response = (parts.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(wait) = parts.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        if parts.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response.extensions_mut().insert(OutcomeCode(parts.code));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_store_error_maps_to_its_status_and_code() {
+        let cases = [
+            (ApiError::Store(StoreError::SoldOut), 409, "sold_out"),
+            (
+                ApiError::Store(StoreError::KeyReused),
+                422,
+                "idempotency_key_reused",
+            ),
+            (
+                ApiError::Store(StoreError::UnknownSku),
+                404,
+                "sku_not_found",
+            ),
+            (
+                ApiError::Store(StoreError::NotFound),
+                404,
+                "reservation_not_found",
+            ),
+            (
+                ApiError::Store(StoreError::Confirmed),
+                409,
+                "reservation_confirmed",
+            ),
+            (
+                ApiError::Store(StoreError::Expired(crate::store::ExpiredBecause::Stock)),
+                410,
+                "reservation_expired",
+            ),
+            (
+                ApiError::Store(StoreError::Protocol("x".into())),
+                500,
+                "internal",
+            ),
+            (ApiError::Store(StoreError::Contended), 503, "unavailable"),
+            (ApiError::Refused(Refusal::Overloaded), 503, "unavailable"),
+            (ApiError::Refused(Refusal::SoldOut), 409, "sold_out"),
+            (
+                ApiError::from(IdError::MalformedReservationId),
+                404,
+                "reservation_not_found",
+            ),
+            (
+                ApiError::from(IdError::Empty { what: "user_id" }),
+                422,
+                "invalid_user_id",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let parts = error.parts();
+            assert_eq!(
+                (parts.status.as_u16(), parts.code),
+                (status, code),
+                "{error:?}"
+            );
+        }
+        let parts = ApiError::Refused(Refusal::RateLimited {
+            retry_after: Duration::from_millis(1_200),
+        })
+        .parts();
+        assert_eq!(
+            (parts.status.as_u16(), parts.retry_after),
+            (429, Some(Duration::from_millis(1_200)))
+        );
+    }
+}

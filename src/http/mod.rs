@@ -1,0 +1,294 @@
+//! The HTTP API (axum): one module per resource, one error type, the OpenAPI document
+//! generated from the handlers (utoipa), metrics per route and outcome.
+//!
+//! Handlers never touch Redis directly: they validate, ask [`Admission`], and call the
+//! [`Store`].
+
+mod error;
+mod extract;
+mod health;
+mod reservations;
+mod skus;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, OutcomeCode, Problem};
+pub use reservations::{
+    CancelByKeyView, ReservationStatus, ReservationView, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED,
+};
+pub use skus::{SkuStatus, SkuView};
+
+use crate::admission::{Admission, Refusal};
+use crate::config::ServeConfig;
+use crate::local_redis::LocalRedis;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreOptions};
+use crate::{gates, maintenance};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The reservation store.
+    pub store: Store,
+    /// In-memory load shedding.
+    pub admission: Arc<Admission>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The admin bearer token; `None` refuses every admin request.
+    pub admin_token: Option<Arc<str>>,
+    /// The OpenAPI document served at `/openapi.json`.
+    pub openapi: Arc<serde_json::Value>,
+}
+
+impl AppState {
+    /// Counts a refusal and turns it into its problem.
+    fn refused(&self, refusal: Refusal) -> ApiError {
+        self.metrics
+            .refusals
+            .with_label_values(&[refusal.reason()])
+            .inc();
+        ApiError::Refused(refusal)
+    }
+
+    /// A permit for one request's Redis calls, within the in-flight bound.
+    fn call_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.admission.admit_call().map_err(|r| self.refused(r))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flashsale",
+        description = "Flash-sale inventory reservations: reserve (Try), confirm, cancel. \
+                       Errors are RFC 9457 problems with a stable `code`."
+    ),
+    components(schemas(Problem)),
+    modifiers(&AdminTokenScheme)
+)]
+struct ApiDoc;
+
+struct AdminTokenScheme;
+
+impl utoipa::Modify for AdminTokenScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The routes and their OpenAPI document.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(skus::put_sku, skus::get_sku))
+        .routes(routes!(skus::restock))
+        .routes(routes!(reservations::reserve))
+        .routes(routes!(reservations::cancel_by_key))
+        .routes(routes!(reservations::get_reservation))
+        .routes(routes!(reservations::confirm))
+        .routes(routes!(reservations::cancel))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the API, as JSON.
+pub fn openapi_json() -> serde_json::Value {
+    serde_json::to_value(api().1).expect("the OpenAPI document serializes")
+}
+
+/// The whole application: routes, fallbacks, body limit, metrics and tracing layers.
+pub fn router(mut state: AppState) -> Router {
+    let (routes, openapi) = api();
+    state.openapi =
+        Arc::new(serde_json::to_value(openapi).expect("the OpenAPI document serializes"));
+    routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        detail: "no such route".into(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Counts and times every request by route, method and outcome.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let outcome = response
+        .extensions()
+        .get::<OutcomeCode>()
+        .map_or("ok", |code| code.0);
+    let labels = [route.as_str(), method.as_str(), outcome];
+    state.metrics.requests.with_label_values(&labels).inc();
+    state
+        .metrics
+        .request_seconds
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `ms` since the epoch as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses an RFC 3339 time given in field `field` into ms since the epoch.
+fn parse_time(field: &str, text: &str) -> Result<u64, ApiError> {
+    let invalid = || ApiError::Invalid {
+        code: "invalid_time",
+        detail: format!("{field} must be an RFC 3339 time after 1970"),
+    };
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| invalid())?;
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid())
+}
+
+/// A built service: listener bound, store connected, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    background: Vec<JoinHandle<()>>,
+    state: AppState,
+    /// The private Redis of `--spawn-redis`, stopped with the application.
+    _redis: Option<LocalRedis>,
+}
+
+impl Application {
+    /// Connects to Redis (or starts a private one), learns the loaded SKUs, binds the
+    /// listener and starts the background tasks (sweeper, move recovery, sold-out refresh).
+    pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
+        let (redis, redis_url) = if config.spawn_redis {
+            let redis = LocalRedis::start()?;
+            let url = redis.url();
+            (Some(redis), url)
+        } else {
+            (None, config.redis_url.clone())
+        };
+        let store = Store::connect(&StoreOptions {
+            redis_url,
+            prefix: config.key_prefix.clone(),
+            timeout: config.redis_timeout(),
+        })
+        .await?;
+        let admission = Arc::new(Admission::new(&config.admission()));
+        for sku in store.skus().await? {
+            admission.know(&*store.config(&sku).await?);
+        }
+        let state = AppState {
+            store: store.clone(),
+            admission: admission.clone(),
+            metrics: Arc::new(Metrics::new()),
+            admin_token: config.admin_token.as_deref().map(Arc::from),
+            openapi: Arc::default(),
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        let background = vec![
+            maintenance::spawn(store.clone(), config.sweep_interval()),
+            gates::spawn(store, admission, config.sold_out_poll()),
+        ];
+        Ok(Self {
+            router: router(state.clone()),
+            listener,
+            background,
+            state,
+            _redis: redis,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The shared state (store, admission, metrics).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight and stops
+    /// the background tasks.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        for task in self.background {
+            task.abort();
+        }
+        served
+    }
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

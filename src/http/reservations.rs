@@ -1,0 +1,328 @@
+//! `/v1/reservations`: reserve (Try), confirm, cancel, cancel by key, read.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{ApiJson, ApiPath};
+use super::{rfc3339, ApiError, AppState, Problem};
+use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
+use crate::store::{HoldState, Reservation, ReserveRequest, StoreError};
+
+/// The header that makes a reserve idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on a reserve answered from an earlier one with the same key.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+fn one() -> u32 {
+    1
+}
+
+/// A reserve.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    /// The SKU.
+    pub sku: String,
+    /// The buyer.
+    pub user_id: String,
+    /// Units (default 1; at most the SKU's per-user limit).
+    #[serde(default = "one")]
+    pub quantity: u32,
+}
+
+/// A cancel by idempotency key, for a client that never learnt the reservation id.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelByKeyBody {
+    /// The SKU.
+    pub sku: String,
+    /// The buyer.
+    pub user_id: String,
+    /// The key the reserve was (or would have been) sent with.
+    pub idempotency_key: String,
+}
+
+/// Where a reservation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    /// Units held until `expires_at`.
+    Held,
+    /// Sold.
+    Confirmed,
+    /// Cancelled; the units went back.
+    Cancelled,
+    /// Not confirmed in time; the units went back.
+    Expired,
+}
+
+impl From<HoldState> for ReservationStatus {
+    fn from(state: HoldState) -> Self {
+        match state {
+            HoldState::Held => Self::Held,
+            HoldState::Confirmed => Self::Confirmed,
+            HoldState::Cancelled => Self::Cancelled,
+            HoldState::Expired => Self::Expired,
+        }
+    }
+}
+
+/// A reservation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReservationView {
+    /// Its id; names the SKU and shard, unguessable.
+    pub reservation_id: String,
+    /// The SKU.
+    pub sku: String,
+    /// The buyer.
+    pub user_id: String,
+    /// Units.
+    pub quantity: u32,
+    /// Where it stands.
+    pub status: ReservationStatus,
+    /// When the hold expires or expired (RFC 3339, Redis's clock).
+    pub expires_at: String,
+}
+
+impl From<&Reservation> for ReservationView {
+    fn from(r: &Reservation) -> Self {
+        Self {
+            reservation_id: r.id.to_string(),
+            sku: r.sku().to_string(),
+            user_id: r.user.to_string(),
+            quantity: r.quantity,
+            status: r.state.into(),
+            expires_at: rfc3339(r.deadline_ms),
+        }
+    }
+}
+
+/// The answer to a cancel by key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelByKeyView {
+    /// Always `cancelled`: the key is barred from now on, whether or not a hold existed.
+    pub status: String,
+    /// The reservation the key had made, if any, as it is now.
+    pub reservation: Option<ReservationView>,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let value = headers.get(IDEMPOTENCY_KEY).ok_or(ApiError::BadRequest {
+        code: "missing_idempotency_key",
+        detail: "the Idempotency-Key header is required".into(),
+    })?;
+    let text = value.to_str().map_err(|_| ApiError::Invalid {
+        code: "invalid_idempotency_key",
+        detail: "idempotency_key may contain only letters, digits, '.', '_' and '-'".into(),
+    })?;
+    Ok(IdempotencyKey::new(text)?)
+}
+
+fn reservation_id(text: &str) -> Result<ReservationId, ApiError> {
+    Ok(ReservationId::parse(text)?)
+}
+
+/// Times a store call into the Redis latency histogram.
+async fn timed<T>(
+    state: &AppState,
+    op: &str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = call.await;
+    state
+        .metrics
+        .redis_seconds
+        .with_label_values(&[op])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Holds units for a buyer until the SKU's hold time has passed.
+#[utoipa::path(
+    post,
+    path = "/v1/reservations",
+    tag = "reservations",
+    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-]; a repeat with the same key and body returns the original reservation")),
+    request_body = ReserveBody,
+    responses(
+        (status = 201, description = "Held; or an idempotent repeat (header Idempotent-Replayed: true), as the reservation is now", body = ReservationView),
+        (status = 400, description = "missing_idempotency_key, malformed_json", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "sold_out, insufficient_stock, limit_exceeded, sale_not_started, sale_ended, reservation_cancelled (key barred by a cancel)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "idempotency_key_reused (same key, other body), invalid_quantity, invalid ids", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited, with Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable: Redis down or too many requests in flight, with Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn reserve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ReserveBody>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request = ReserveRequest {
+        sku: Sku::new(body.sku)?,
+        user: UserId::new(body.user_id)?,
+        quantity: body.quantity,
+        key,
+    };
+    if request.quantity == 0 {
+        return Err(StoreError::InvalidQuantity.into());
+    }
+    let permit = state
+        .admission
+        .admit_reserve(
+            &request.sku,
+            &request.user,
+            &request.key,
+            state.store.redis_now_ms(),
+        )
+        .map_err(|refusal| state.refused(refusal))?;
+    let result = timed(&state, "reserve", state.store.reserve(&request)).await;
+    drop(permit);
+    if state.admission.gate(&request.sku).is_none() {
+        if let Ok(config) = state.store.config(&request.sku).await {
+            state.admission.know(&config);
+        }
+    }
+    let reserved = match result {
+        Ok(reserved) => reserved,
+        Err(StoreError::SoldOut) => {
+            state.admission.mark_sold_out(&request.sku);
+            return Err(StoreError::SoldOut.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut response = (
+        StatusCode::CREATED,
+        Json(ReservationView::from(&reserved.reservation)),
+    )
+        .into_response();
+    if reserved.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Reads a reservation.
+#[utoipa::path(
+    get,
+    path = "/v1/reservations/{id}",
+    tag = "reservations",
+    params(("id" = String, Path, description = "Reservation id")),
+    responses(
+        (status = 200, description = "The reservation", body = ReservationView),
+        (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_reservation(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = reservation_id(&id)?;
+    let _permit = state.call_permit()?;
+    let reservation = timed(&state, "read", state.store.reservation(&id)).await?;
+    Ok(Json(ReservationView::from(&reservation)))
+}
+
+/// Confirms a hold (payment succeeded). Idempotent; a hold past its deadline is confirmed
+/// only if its units can be taken again.
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/confirm",
+    tag = "reservations",
+    params(("id" = String, Path, description = "Reservation id")),
+    responses(
+        (status = 200, description = "Confirmed (now or before)", body = ReservationView),
+        (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "reservation_cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "reservation_expired: confirmed late and the units are gone", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn confirm(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = reservation_id(&id)?;
+    let _permit = state.call_permit()?;
+    let reservation = timed(&state, "confirm", state.store.confirm(&id)).await?;
+    Ok(Json(ReservationView::from(&reservation)))
+}
+
+/// Cancels a hold; its units go back. Idempotent; an expired hold comes back as expired.
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/{id}/cancel",
+    tag = "reservations",
+    params(("id" = String, Path, description = "Reservation id")),
+    responses(
+        (status = 200, description = "Cancelled (now or before), or found expired", body = ReservationView),
+        (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "reservation_confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ReservationView>, ApiError> {
+    let id = reservation_id(&id)?;
+    let _permit = state.call_permit()?;
+    let reservation = timed(&state, "cancel", state.store.cancel(&id)).await?;
+    // Units may have come back: let the next reserve ask Redis.
+    state.admission.clear_sold_out(id.sku());
+    Ok(Json(ReservationView::from(&reservation)))
+}
+
+/// Cancels by idempotency key: the reservation the key made, if any; either way the key
+/// is barred, so a reserve arriving later with it is refused (TCC empty rollback and
+/// anti-hanging).
+#[utoipa::path(
+    post,
+    path = "/v1/reservations/cancel-by-key",
+    tag = "reservations",
+    request_body = CancelByKeyBody,
+    responses(
+        (status = 200, description = "Cancelled, or barred for good", body = CancelByKeyView),
+        (status = 400, description = "Unreadable body", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "reservation_confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid ids", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn cancel_by_key(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CancelByKeyBody>,
+) -> Result<Json<CancelByKeyView>, ApiError> {
+    let sku = Sku::new(body.sku)?;
+    let user = UserId::new(body.user_id)?;
+    let key = IdempotencyKey::new(body.idempotency_key)?;
+    let _permit = state.call_permit()?;
+    let found = timed(
+        &state,
+        "cancel_by_key",
+        state.store.cancel_by_key(&sku, &user, &key),
+    )
+    .await?;
+    state.admission.clear_sold_out(&sku);
+    Ok(Json(CancelByKeyView {
+        status: "cancelled".to_owned(),
+        reservation: found.as_ref().map(ReservationView::from),
+    }))
+}

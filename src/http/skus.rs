@@ -1,0 +1,237 @@
+//! `/v1/skus`: load, restock and read a SKU.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{Admin, ApiJson, ApiPath};
+use super::{parse_time, rfc3339, ApiError, AppState, Problem};
+use crate::ids::{OpId, Sku};
+use crate::store::{Loaded, SkuConfig, SkuSpec, Totals, MAX_HOLD};
+
+/// What a SKU is loaded with.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SkuBody {
+    /// Units on sale.
+    pub stock: u64,
+    /// Units one user may hold or buy (default 1).
+    pub per_user_limit: Option<u32>,
+    /// How long a hold lasts, in seconds (default 600; fractions allowed, at most a day).
+    pub hold_seconds: Option<f64>,
+    /// Shards the stock is split over (default: chosen from the stock).
+    pub shards: Option<u16>,
+    /// When the sale opens (RFC 3339); open at once when absent.
+    pub starts_at: Option<String>,
+    /// When the sale closes (RFC 3339); never when absent.
+    pub ends_at: Option<String>,
+}
+
+/// Units to add.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestockBody {
+    /// Units to add (at least 1).
+    pub quantity: u64,
+    /// Makes the restock idempotent: the same id again adds nothing more.
+    pub operation_id: Option<String>,
+}
+
+/// Where a SKU's sale stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkuStatus {
+    /// Before the window.
+    Scheduled,
+    /// Reservable.
+    Live,
+    /// No unit available now (held units may still come back).
+    SoldOut,
+    /// After the window.
+    Ended,
+}
+
+/// A SKU and its units.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SkuView {
+    /// The SKU.
+    pub sku: String,
+    /// Units put on sale: loaded plus restocked.
+    pub stock: u64,
+    /// Units available now.
+    pub available: u64,
+    /// Units held.
+    pub held: u64,
+    /// Units sold.
+    pub sold: u64,
+    /// Units one user may hold or buy.
+    pub per_user_limit: u32,
+    /// Hold length in seconds.
+    pub hold_seconds: f64,
+    /// Shards the stock is split over.
+    pub shards: u16,
+    /// Sale start (RFC 3339), if any.
+    pub starts_at: Option<String>,
+    /// Sale end (RFC 3339), if any.
+    pub ends_at: Option<String>,
+    /// Where the sale stands.
+    pub status: SkuStatus,
+}
+
+fn view(config: &SkuConfig, totals: &Totals, now_ms: u64) -> SkuView {
+    let status = if config.starts_at_ms.is_some_and(|s| now_ms < s) {
+        SkuStatus::Scheduled
+    } else if config.ends_at_ms.is_some_and(|e| now_ms >= e) {
+        SkuStatus::Ended
+    } else if totals.available == 0 && totals.in_transit == 0 {
+        SkuStatus::SoldOut
+    } else {
+        SkuStatus::Live
+    };
+    SkuView {
+        sku: config.sku.to_string(),
+        stock: totals.loaded + totals.restocked,
+        available: totals.available,
+        held: totals.held,
+        sold: totals.sold,
+        per_user_limit: config.per_user_limit,
+        hold_seconds: config.hold.as_secs_f64(),
+        shards: config.shards,
+        starts_at: config.starts_at_ms.map(rfc3339),
+        ends_at: config.ends_at_ms.map(rfc3339),
+        status,
+    }
+}
+
+fn hold(seconds: Option<f64>) -> Result<Duration, ApiError> {
+    let seconds = seconds.unwrap_or(600.0);
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| d.as_millis() >= 1 && *d <= MAX_HOLD)
+        .ok_or_else(|| ApiError::Invalid {
+            code: "invalid_sku_spec",
+            detail: "hold_seconds must be between 0.001 and 86400".into(),
+        })
+}
+
+async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> {
+    let config = state.store.config(sku).await?;
+    let totals = state.store.totals(sku).await?;
+    Ok(view(&config, &totals, state.store.redis_now_ms()))
+}
+
+/// Loads a SKU, or replaces one that has no holds, sales or barriers yet.
+#[utoipa::path(
+    put,
+    path = "/v1/skus/{sku}",
+    tag = "skus",
+    params(("sku" = String, Path, description = "SKU id: 1-64 of [A-Za-z0-9._-]")),
+    request_body = SkuBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Loaded", body = SkuView),
+        (status = 200, description = "Replaced a SKU that was not live", body = SkuView),
+        (status = 400, description = "Unreadable body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "sku_live: the SKU has holds, sales or barriers", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid SKU id or specification", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put_sku(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(sku): ApiPath<String>,
+    ApiJson(body): ApiJson<SkuBody>,
+) -> Result<(StatusCode, Json<SkuView>), ApiError> {
+    let sku = Sku::new(sku)?;
+    let spec = SkuSpec {
+        stock: body.stock,
+        shards: body.shards,
+        per_user_limit: body.per_user_limit.unwrap_or(1),
+        hold: hold(body.hold_seconds)?,
+        starts_at_ms: body
+            .starts_at
+            .as_deref()
+            .map(|t| parse_time("starts_at", t))
+            .transpose()?,
+        ends_at_ms: body
+            .ends_at
+            .as_deref()
+            .map(|t| parse_time("ends_at", t))
+            .transpose()?,
+    };
+    let loaded = state.store.load(&sku, &spec).await?;
+    let config = state.store.config(&sku).await?;
+    state.admission.forget(&sku);
+    state.admission.know(&config);
+    let status = match loaded {
+        Loaded::Created => StatusCode::CREATED,
+        Loaded::Replaced => StatusCode::OK,
+    };
+    Ok((status, Json(current_view(&state, &sku).await?)))
+}
+
+/// Reads a SKU: its rules, units and status.
+#[utoipa::path(
+    get,
+    path = "/v1/skus/{sku}",
+    tag = "skus",
+    params(("sku" = String, Path, description = "SKU id")),
+    responses(
+        (status = 200, description = "The SKU", body = SkuView),
+        (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid SKU id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_sku(
+    State(state): State<AppState>,
+    ApiPath(sku): ApiPath<String>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = Sku::new(sku)?;
+    Ok(Json(current_view(&state, &sku).await?))
+}
+
+/// Adds units to a loaded SKU, spread over its shards.
+#[utoipa::path(
+    post,
+    path = "/v1/skus/{sku}/restock",
+    tag = "skus",
+    params(("sku" = String, Path, description = "SKU id")),
+    request_body = RestockBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Restocked", body = SkuView),
+        (status = 400, description = "Unreadable body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid quantity or ids", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn restock(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(sku): ApiPath<String>,
+    ApiJson(body): ApiJson<RestockBody>,
+) -> Result<Json<SkuView>, ApiError> {
+    let sku = Sku::new(sku)?;
+    let op = body.operation_id.map(OpId::new).transpose()?;
+    state
+        .store
+        .restock(&sku, body.quantity, op.as_ref())
+        .await?;
+    state.admission.clear_sold_out(&sku);
+    Ok(Json(current_view(&state, &sku).await?))
+}
