@@ -244,7 +244,9 @@ impl ApiError {
             Self::Refused(Refusal::Overloaded) => {
                 "too many requests in flight; retry shortly".into()
             }
-            Self::Refused(refusal) => format!("refused: {}", title_of(refusal.code())),
+            Self::Refused(Refusal::SoldOut) => StoreError::SoldOut.to_string(),
+            Self::Refused(Refusal::NotStarted) => StoreError::NotStarted.to_string(),
+            Self::Refused(Refusal::Ended) => StoreError::Ended.to_string(),
             Self::AdminDisabled => {
                 "no admin token is configured, so admin routes refuse everyone".into()
             }

@@ -7,7 +7,7 @@ use crate::scripts::ScriptCode;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No unit of the SKU is available in any shard.
-    #[error("sold out")]
+    #[error("no unit of this SKU is available now; held units may come back if their holds are cancelled or expire")]
     SoldOut,
     /// Fewer units are left in the whole SKU than the request wants (but some are).
     #[error("fewer units left than requested")]

@@ -34,7 +34,11 @@ async fn sixty_four_tasks_of_a_thousand_reserves_hold_exactly_the_stock() {
                         held += u64::from(qty);
                         *held_by_user.lock().entry(who).or_default() += qty;
                     }
-                    Err(StoreError::SoldOut | StoreError::LimitExceeded) => refused += 1,
+                    Err(
+                        StoreError::SoldOut
+                        | StoreError::InsufficientStock
+                        | StoreError::LimitExceeded,
+                    ) => refused += 1,
                     Err(e) => panic!("unexpected {e:?}"),
                 }
             }

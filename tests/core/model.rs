@@ -127,8 +127,11 @@ impl Model {
         if self.used.get(&user).copied().unwrap_or(0) + qty > LIMIT {
             return Err("limit_exceeded");
         }
-        if self.avail < u64::from(qty) {
+        if self.avail == 0 {
             return Err("sold_out");
+        }
+        if self.avail < u64::from(qty) {
+            return Err("insufficient_stock");
         }
         Ok(None)
     }
