@@ -141,3 +141,59 @@ async fn reserves_outside_the_window_never_reach_redis() {
     }
     assert_eq!(app.script_calls(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_in_flight_bound_requests_are_refused_at_once() {
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(|c| {
+            c.max_in_flight = 1;
+            c.redis_timeout_ms = 10_000;
+        })
+        .await,
+    );
+    app.put_sku("tv", json!({ "stock": 10 })).await;
+    // Redis stalls: the first reserve holds the only in-flight permit meanwhile.
+    let port = app.redis.port();
+    let stall = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .exec(&mut conn)
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { app.reserve("tv", "ann", 1, "k").await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = app.reserve("tv", "bob", 1, "k").await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(first.await.unwrap().status, StatusCode::CREATED);
+    stall.join().unwrap();
+    assert_eq!(
+        app.reserve("tv", "bob", 1, "k").await.status,
+        StatusCode::CREATED
+    );
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"flashsale_admission_refusals_total{reason="in_flight"} 1"#),
+        "{metrics}"
+    );
+}
