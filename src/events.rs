@@ -26,6 +26,12 @@ pub enum Event {
         /// Shards of the SKU.
         shards: u16,
     },
+    /// The audit rebuilt the shard from the ledger; it holds `qty` units in all now
+    /// (available, held and sold), the new base for its counters.
+    Restored {
+        /// Units in the shard.
+        qty: u64,
+    },
     /// Units added to the shard.
     Restocked {
         /// Units.
@@ -186,6 +192,10 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
                 ends_at_ms: num(rest[4])?,
                 shards: num(rest[5])?,
             }
+        }
+        "restored" => {
+            arity(1)?;
+            Event::Restored { qty: num(rest[0])? }
         }
         "restocked" => {
             arity(2)?;

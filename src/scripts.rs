@@ -35,6 +35,8 @@ pub struct Scripts {
     pub move_out: Script,
     /// `lua/move_in.lua`: puts units in transit into the receiving shard.
     pub move_in: Script,
+    /// `lua/restore_shard.lua`: rebuilds a shard from the ledger (audit repair).
+    pub restore_shard: Script,
 }
 
 impl Scripts {
@@ -50,6 +52,7 @@ impl Scripts {
             load_shard: with_prelude!("load_shard.lua"),
             move_out: with_prelude!("move_out.lua"),
             move_in: with_prelude!("move_in.lua"),
+            restore_shard: with_prelude!("restore_shard.lua"),
         }
     }
 }

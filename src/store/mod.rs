@@ -10,8 +10,10 @@
 //! reserves of a pooled connection per request with the same script.
 
 mod batcher;
+mod connection;
 mod error;
 mod moves;
+mod restore;
 mod types;
 
 use moves::Refill;
@@ -30,7 +32,9 @@ use crate::keys::{KeySpace, ShardKeys};
 use crate::scripts::{RawHold, RawReserve, ScriptCode, Scripts};
 use crate::sharding::{default_shards, home_shard, split};
 
+pub use connection::StoreConnection;
 pub use error::{ExpiredBecause, StoreError};
+pub use restore::{ShardImage, ShardSnapshot};
 pub use types::{
     HoldState, Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport,
     Totals, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
@@ -128,8 +132,8 @@ impl Store {
     }
 
     /// A handle on the shared multiplexed connection.
-    pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    pub fn connection(&self) -> StoreConnection {
+        StoreConnection(self.inner.conn.clone())
     }
 
     /// Redis's time now, in ms since the epoch, as last learnt from a script's reply.
@@ -210,23 +214,7 @@ impl Store {
             starts_at_ms: spec.starts_at_ms,
             ends_at_ms: spec.ends_at_ms,
         };
-        redis::pipe()
-            .atomic()
-            .del(self.inner.keys.meta(sku))
-            .hset_multiple(
-                self.inner.keys.meta(sku),
-                &[
-                    ("shards", u64::from(shards)),
-                    ("stock", spec.stock),
-                    ("per_user_limit", u64::from(spec.per_user_limit)),
-                    ("hold_ms", hold_ms),
-                    ("starts_at_ms", spec.starts_at_ms.unwrap_or(0)),
-                    ("ends_at_ms", spec.ends_at_ms.unwrap_or(0)),
-                ],
-            )
-            .sadd(self.inner.keys.registry(), sku.as_str())
-            .exec_async(&mut conn)
-            .await?;
+        self.write_meta(&config).await?;
         self.inner
             .configs
             .write()
@@ -236,6 +224,29 @@ impl Store {
         } else {
             Loaded::Created
         })
+    }
+
+    /// Writes a SKU's routing record (shard count and rules) and registers the SKU.
+    async fn write_meta(&self, config: &SkuConfig) -> Result<(), StoreError> {
+        let meta = self.inner.keys.meta(&config.sku);
+        redis::pipe()
+            .atomic()
+            .del(&meta)
+            .hset_multiple(
+                &meta,
+                &[
+                    ("shards", u64::from(config.shards)),
+                    ("stock", config.stock),
+                    ("per_user_limit", u64::from(config.per_user_limit)),
+                    ("hold_ms", config.hold.as_millis() as u64),
+                    ("starts_at_ms", config.starts_at_ms.unwrap_or(0)),
+                    ("ends_at_ms", config.ends_at_ms.unwrap_or(0)),
+                ],
+            )
+            .sadd(self.inner.keys.registry(), config.sku.as_str())
+            .exec_async(&mut self.connection())
+            .await?;
+        Ok(())
     }
 
     /// Whether any of the first `shards` shards has recorded a hold, sale or barrier, or
