@@ -1,0 +1,509 @@
+//! The reconciler: settles every event of the shard streams into the SQL ledger, once.
+//!
+//! One consumer group (`ledger`) per shard stream, read with `XREADGROUP BLOCK` over a
+//! deadpool-redis connection (a blocking read must not sit on the multiplexed hot-path
+//! connection). Each batch is written in one SQL transaction and acknowledged (`XACK`) only
+//! after the commit: a crash before the ack leaves the entries pending, and they come back,
+//! to this consumer on restart or to another through `XAUTOCLAIM` once idle, and are applied
+//! again without effect (the ledger keys every event by its stream position).
+//!
+//! Several reconcilers may run at once: the group hands each entry to one of them. Streams
+//! are trimmed only below what every group of the stream has acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+use rand::Rng;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
+use redis::{RedisError, Value};
+use tokio::sync::watch;
+
+use crate::events::Entry;
+use crate::ledger::{Applied, Ledger, LedgerError, LedgerRepo};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// The consumer group every reconciler joins.
+pub const GROUP: &str = "ledger";
+
+/// How the reconciler reads.
+#[derive(Debug, Clone)]
+pub struct ReconcileOptions {
+    /// This reconciler's consumer name; unique among running reconcilers.
+    pub consumer: String,
+    /// Entries read per stream and call.
+    pub batch: usize,
+    /// How long one read waits for new entries.
+    pub block: Duration,
+    /// Entries pending this long with another consumer (crashed, or stuck) are claimed.
+    pub claim_idle: Duration,
+    /// How often streams are trimmed, lag is measured, and new streams are looked for.
+    pub housekeeping: Duration,
+}
+
+impl ReconcileOptions {
+    /// Defaults, with a consumer name unique to this process.
+    pub fn new() -> Self {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "host".to_owned());
+        Self {
+            consumer: format!(
+                "{host}-{}-{}",
+                std::process::id(),
+                crate::ids::random_token()
+            ),
+            batch: 500,
+            // Below the connection's response timeout, so a quiet stream is not an error.
+            block: Duration::from_millis(200),
+            claim_idle: Duration::from_secs(10),
+            housekeeping: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for ReconcileOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a turn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    /// The connection pool failed.
+    #[error("redis pool: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    /// The store failed (listing SKUs).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The ledger failed; the batch was not acknowledged.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// What one turn did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Turn {
+    /// Entries read.
+    pub entries: u64,
+    /// What the ledger made of them.
+    pub applied: Applied,
+}
+
+/// Unsettled work over all streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Entries delivered and not acknowledged.
+    pub pending: u64,
+    /// Entries not delivered yet.
+    pub undelivered: u64,
+    /// Redis time of the oldest unsettled entry, ms since the epoch.
+    pub oldest_ms: Option<u64>,
+}
+
+impl Backlog {
+    /// Whether everything written so far is settled.
+    pub fn is_empty(&self) -> bool {
+        self.pending == 0 && self.undelivered == 0
+    }
+}
+
+/// A reconciler: a stream reader and a ledger writer.
+pub struct Reconciler {
+    store: Store,
+    pool: Pool,
+    ledger: Ledger,
+    options: ReconcileOptions,
+    metrics: Option<Arc<Metrics>>,
+    /// Stream key -> whether its group exists (created on first sight).
+    streams: parking_lot::Mutex<Vec<String>>,
+    /// Read this consumer's own pending entries first (after a start or an error).
+    recovering: std::sync::atomic::AtomicBool,
+}
+
+fn position(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .unwrap_or((0, 0))
+}
+
+fn entry_of(stream: &str, id: &StreamId) -> Option<Entry> {
+    let fields: HashMap<String, String> = id
+        .map
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), redis::from_redis_value_ref::<String>(v).ok()?)))
+        .collect();
+    match Entry::parse(&id.id, &fields) {
+        Ok(entry) => Some(entry),
+        Err(error) => {
+            // Scripts never write such an entry; it is acknowledged so it cannot block the
+            // stream, and reported so the audit's drift report can be read with it in mind.
+            tracing::error!(%error, stream, "malformed stream entry skipped");
+            None
+        }
+    }
+}
+
+impl Reconciler {
+    /// A reconciler reading the streams `store` writes, through a pool on `redis_url`.
+    pub fn new(
+        store: Store,
+        redis_url: &str,
+        ledger: Ledger,
+        options: ReconcileOptions,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Self, ReconcileError> {
+        let pool = PoolConfig::from_url(redis_url)
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
+        Ok(Self {
+            store,
+            pool,
+            ledger,
+            options,
+            metrics,
+            streams: parking_lot::Mutex::new(Vec::new()),
+            recovering: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// The ledger it writes.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Finds every shard stream of every SKU and makes sure the group exists on it.
+    pub async fn discover(&self) -> Result<Vec<String>, ReconcileError> {
+        let mut found = Vec::new();
+        for sku in self.store.skus().await? {
+            let Some(config) = self.store.reload_config(&sku).await? else {
+                continue;
+            };
+            for shard in 0..config.shards {
+                found.push(self.store.keys().shard(&sku, shard).events);
+            }
+        }
+        let known = self.streams.lock().clone();
+        let mut conn = self.pool.get().await?;
+        for key in found.iter().filter(|k| !known.contains(k)) {
+            let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        *self.streams.lock() = found.clone();
+        Ok(found)
+    }
+
+    /// One turn: reads a batch (this consumer's pending entries first, then new ones),
+    /// applies it in one transaction, acknowledges it.
+    pub async fn turn(&self) -> Result<Turn, ReconcileError> {
+        let streams = self.streams.lock().clone();
+        if streams.is_empty() {
+            tokio::time::sleep(self.options.block).await;
+            return Ok(Turn::default());
+        }
+        let recovering = self.recovering.load(std::sync::atomic::Ordering::Relaxed);
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg("COUNT")
+            .arg(self.options.batch);
+        if !recovering {
+            command
+                .arg("BLOCK")
+                .arg(self.options.block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&streams);
+        for _ in &streams {
+            command.arg(if recovering { "0" } else { ">" });
+        }
+        let mut conn = self.pool.get().await?;
+        let reply: Option<StreamReadReply> = match command.query_async(&mut conn).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                if error.code() == Some("NOGROUP") {
+                    // The stream was recreated (Redis restarted, or a shard was restored):
+                    // the next discovery makes the group again.
+                    self.streams.lock().clear();
+                }
+                return Err(error.into());
+            }
+        };
+        drop(conn);
+        let batch: Vec<(String, StreamId)> = reply
+            .map(|r| r.keys)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|k| {
+                let key = k.key;
+                k.ids.into_iter().map(move |id| (key.clone(), id))
+            })
+            .collect();
+        if recovering && batch.is_empty() {
+            self.recovering
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.settle(batch).await
+    }
+
+    /// Claims entries that another consumer left pending for longer than `claim_idle` and
+    /// settles them.
+    pub async fn claim_abandoned(&self) -> Result<Turn, ReconcileError> {
+        let streams = self.streams.lock().clone();
+        let mut total = Turn::default();
+        for key in streams {
+            let mut conn = self.pool.get().await?;
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&key)
+                .arg(GROUP)
+                .arg(&self.options.consumer)
+                .arg(self.options.claim_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.options.batch)
+                .query_async(&mut conn)
+                .await?;
+            drop(conn);
+            let batch = reply
+                .claimed
+                .into_iter()
+                .map(|id| (key.clone(), id))
+                .collect();
+            let turn = self.settle(batch).await?;
+            total.entries += turn.entries;
+            total.applied.applied += turn.applied.applied;
+            total.applied.duplicates += turn.applied.duplicates;
+        }
+        Ok(total)
+    }
+
+    /// Applies read entries and acknowledges them after the commit.
+    async fn settle(&self, batch: Vec<(String, StreamId)>) -> Result<Turn, ReconcileError> {
+        if batch.is_empty() {
+            return Ok(Turn::default());
+        }
+        let entries: Vec<Entry> = batch
+            .iter()
+            .filter_map(|(key, id)| entry_of(key, id))
+            .collect();
+        let applied = match self.ledger.apply(&entries).await {
+            Ok(applied) => applied,
+            Err(error) => {
+                // Not acknowledged: the entries stay pending and are read again.
+                self.recovering
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(error.into());
+            }
+        };
+        let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (key, id) in &batch {
+            by_stream.entry(key).or_default().push(&id.id);
+        }
+        let mut conn = self.pool.get().await?;
+        let mut pipe = redis::pipe();
+        for (key, ids) in by_stream {
+            pipe.cmd("XACK").arg(key).arg(GROUP).arg(ids).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        if let Some(metrics) = &self.metrics {
+            metrics.reconciler_batches.inc();
+            metrics.reconciler_events.inc_by(applied.applied);
+            metrics.reconciler_duplicates.inc_by(applied.duplicates);
+        }
+        Ok(Turn {
+            entries: batch.len() as u64,
+            applied,
+        })
+    }
+
+    /// What is not settled yet, over every stream.
+    pub async fn backlog(&self) -> Result<Backlog, ReconcileError> {
+        let streams = self.streams.lock().clone();
+        let mut conn = self.pool.get().await?;
+        let mut backlog = Backlog::default();
+        let mut oldest = |id: &str| {
+            let (ms, _) = position(id);
+            backlog.oldest_ms = Some(backlog.oldest_ms.map_or(ms, |o| o.min(ms)));
+        };
+        let mut pending = 0u64;
+        let mut undelivered = 0u64;
+        for key in &streams {
+            let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(groups) => groups,
+                Err(e)
+                    if e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(group) = groups.groups.iter().find(|g| g.name == GROUP) else {
+                continue;
+            };
+            pending += group.pending as u64;
+            if group.pending > 0 {
+                let summary: (u64, Option<String>, Value, Value) = redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(GROUP)
+                    .query_async(&mut conn)
+                    .await?;
+                if let Some(first) = summary.1 {
+                    oldest(&first);
+                }
+            }
+            let next: StreamReadReply = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(key)
+                .arg(&group.last_delivered_id)
+                .query_async::<Option<StreamReadReply>>(&mut conn)
+                .await?
+                .unwrap_or_default();
+            if let Some(first) = next.keys.first().and_then(|k| k.ids.first()) {
+                oldest(&first.id);
+                undelivered += group.lag.map_or(1, |lag| lag as u64).max(1);
+            }
+        }
+        backlog.pending = pending;
+        backlog.undelivered = undelivered;
+        Ok(backlog)
+    }
+
+    /// Trims each stream below what every one of its groups has acknowledged.
+    pub async fn trim(&self) -> Result<u64, ReconcileError> {
+        let streams = self.streams.lock().clone();
+        let mut conn = self.pool.get().await?;
+        let mut trimmed = 0;
+        for key in &streams {
+            let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(key)
+                .query_async(&mut conn)
+                .await?;
+            let mut floor: Option<(u64, u64)> = None;
+            for group in &groups.groups {
+                // A group's safe point: its oldest pending entry, or else everything up to
+                // what it has been delivered.
+                let safe = if group.pending > 0 {
+                    let summary: (u64, Option<String>, Value, Value) = redis::cmd("XPENDING")
+                        .arg(key)
+                        .arg(&group.name)
+                        .query_async(&mut conn)
+                        .await?;
+                    summary.1.map_or((0, 0), |id| position(&id))
+                } else {
+                    position(&group.last_delivered_id)
+                };
+                floor = Some(floor.map_or(safe, |f| f.min(safe)));
+            }
+            let Some((ms, seq)) = floor else { continue };
+            if (ms, seq) == (0, 0) {
+                continue;
+            }
+            let removed: u64 = redis::cmd("XTRIM")
+                .arg(key)
+                .arg("MINID")
+                .arg(format!("{ms}-{seq}"))
+                .query_async(&mut conn)
+                .await?;
+            trimmed += removed;
+        }
+        Ok(trimmed)
+    }
+
+    /// Settles until nothing is pending or undelivered, or `within` has passed. Returns
+    /// whether everything was settled.
+    pub async fn drain(&self, within: Duration) -> Result<bool, ReconcileError> {
+        let started = Instant::now();
+        self.discover().await?;
+        loop {
+            self.turn().await?;
+            self.claim_abandoned().await?;
+            if self.backlog().await?.is_empty() {
+                return Ok(true);
+            }
+            if started.elapsed() > within {
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn housekeeping(&self) -> Result<(), ReconcileError> {
+        self.discover().await?;
+        self.claim_abandoned().await?;
+        self.trim().await?;
+        let backlog = self.backlog().await?;
+        if let Some(metrics) = &self.metrics {
+            let now = self.store.redis_now_ms();
+            let lag = backlog
+                .oldest_ms
+                .map_or(0.0, |oldest| now.saturating_sub(oldest) as f64 / 1000.0);
+            metrics.reconciler_lag.set(lag);
+            metrics
+                .reconciler_pending
+                .set((backlog.pending + backlog.undelivered) as i64);
+        }
+        Ok(())
+    }
+
+    /// Runs until `shutdown` turns true: turns, with housekeeping every interval, and
+    /// back-off with jitter while Redis or the database fails.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_housekeeping: Option<Instant> = None;
+        while !*shutdown.borrow() {
+            let due = last_housekeeping.is_none_or(|t| t.elapsed() >= self.options.housekeeping);
+            let result = async {
+                if due {
+                    self.housekeeping().await?;
+                }
+                self.turn().await
+            }
+            .await;
+            if due {
+                last_housekeeping = Some(Instant::now());
+            }
+            match result {
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "reconciler turn failed");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.reconciler_errors.inc();
+                    }
+                    let jitter = rand::rng().random_range(0.5..1.5);
+                    let wait = backoff.mul_f64(jitter);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
