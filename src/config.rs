@@ -1,4 +1,5 @@
-//! `flashsale serve`'s configuration: flags, each with an environment fallback.
+//! The commands' configuration: flags, each with an environment fallback. `RedisArgs` and
+//! `LedgerArgs` are shared by `serve`, `reconcile` and `audit`.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -7,14 +8,12 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::admission::{AdmissionConfig, Bucket};
+use crate::reconcile::ReconcileOptions;
+use crate::store::StoreOptions;
 
-/// How to run the service.
+/// Where the sale lives in Redis.
 #[derive(Debug, Clone, Args)]
-pub struct ServeConfig {
-    /// Address to listen on.
-    #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-
+pub struct RedisArgs {
     /// Redis to keep the sale in.
     #[arg(
         long,
@@ -23,14 +22,68 @@ pub struct ServeConfig {
     )]
     pub redis_url: String,
 
+    /// Prefix of every Redis key the engine writes.
+    #[arg(long, env = "FLASHSALE_KEY_PREFIX", default_value = "fs:")]
+    pub key_prefix: String,
+
+    /// How long a Redis call may take before it fails (a request gets 503), in ms.
+    #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl RedisArgs {
+    /// The store's connection options, on `url` (which differs from `redis_url` when a
+    /// private Redis was started).
+    pub fn store_options(&self, url: &str) -> StoreOptions {
+        StoreOptions {
+            redis_url: url.to_owned(),
+            prefix: self.key_prefix.clone(),
+            timeout: Duration::from_millis(self.redis_timeout_ms.max(1)),
+        }
+    }
+}
+
+/// Where the ledger lives.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerArgs {
+    /// The SQL ledger: `sqlite://<file>` (created on first run) or `postgres://...`.
+    #[arg(
+        long,
+        env = "FLASHSALE_DATABASE_URL",
+        default_value = "sqlite://var/flashsale.db"
+    )]
+    pub database_url: Option<String>,
+}
+
+/// How to run the service.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
     /// Start a private redis-server on a free port for this run instead (a local try-out;
     /// its data goes with the process).
     #[arg(long, env = "FLASHSALE_SPAWN_REDIS")]
     pub spawn_redis: bool,
 
-    /// Prefix of every Redis key the engine writes.
-    #[arg(long, env = "FLASHSALE_KEY_PREFIX", default_value = "fs:")]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+
+    /// Do not run the reconciler in this process (run `flashsale reconcile` instead).
+    #[arg(long, env = "FLASHSALE_NO_RECONCILE")]
+    pub no_reconcile: bool,
+
+    /// How often the quick audit compares Redis with the ledger, in seconds (0: never).
+    #[arg(long, env = "FLASHSALE_AUDIT_INTERVAL_S", default_value_t = 10)]
+    pub audit_interval_s: u64,
+
+    /// When the quick audit finds that Redis lost data, repair it from the ledger.
+    #[arg(long, env = "FLASHSALE_AUDIT_REPAIR")]
+    pub audit_repair: bool,
 
     /// Bearer token for the admin routes (load, restock). Without one they refuse everyone.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
@@ -63,10 +116,6 @@ pub struct ServeConfig {
     /// How often a sold-out SKU is checked for units that came back, in ms.
     #[arg(long, env = "FLASHSALE_SOLD_OUT_POLL_MS", default_value_t = 50)]
     pub sold_out_poll_ms: u64,
-
-    /// How long a Redis call may take before the request fails with 503, in ms.
-    #[arg(long, env = "FLASHSALE_REDIS_TIMEOUT_MS", default_value_t = 1_000)]
-    pub redis_timeout_ms: u64,
 }
 
 fn bucket(rate: u32, burst: u32) -> Option<Bucket> {
@@ -78,13 +127,21 @@ fn bucket(rate: u32, burst: u32) -> Option<Bucket> {
 }
 
 impl ServeConfig {
-    /// A configuration for tests and embedding: the defaults, on `redis_url`, port 0.
+    /// A configuration for tests and embedding: the defaults, on `redis_url`, port 0, no
+    /// ledger.
     pub fn local(redis_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            redis_url: redis_url.into(),
+            redis: RedisArgs {
+                redis_url: redis_url.into(),
+                key_prefix: "fs:".to_owned(),
+                redis_timeout_ms: 1_000,
+            },
             spawn_redis: false,
-            key_prefix: "fs:".to_owned(),
+            ledger: LedgerArgs { database_url: None },
+            no_reconcile: false,
+            audit_interval_s: 10,
+            audit_repair: false,
             admin_token: None,
             rate_global: 200_000,
             burst_global: 20_000,
@@ -93,7 +150,6 @@ impl ServeConfig {
             max_in_flight: 4_096,
             sweep_interval_ms: 250,
             sold_out_poll_ms: 50,
-            redis_timeout_ms: 1_000,
         }
     }
 
@@ -115,9 +171,58 @@ impl ServeConfig {
     pub fn sold_out_poll(&self) -> Duration {
         Duration::from_millis(self.sold_out_poll_ms.max(1))
     }
+}
 
-    /// The Redis call timeout.
-    pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms.max(1))
+/// How to run a standalone reconciler.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+
+    /// Consumer name in the stream groups (default: host, pid and a random part).
+    #[arg(long, env = "FLASHSALE_CONSUMER")]
+    pub consumer: Option<String>,
+
+    /// Entries read per stream and call; a batch is one SQL transaction.
+    #[arg(long, env = "FLASHSALE_RECONCILE_BATCH", default_value_t = 500)]
+    pub batch: usize,
+
+    /// Entries another consumer left pending this long are claimed, in ms.
+    #[arg(long, env = "FLASHSALE_CLAIM_IDLE_MS", default_value_t = 10_000)]
+    pub claim_idle_ms: u64,
+}
+
+/// How to run an audit.
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+
+    /// Repair what drifted: settle the streams, write what only Redis knows to the ledger,
+    /// rebuild the drifting SKUs in Redis from the ledger.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// Compare as things are, without settling the streams first.
+    #[arg(long)]
+    pub no_drain: bool,
+}
+
+impl ReconcileArgs {
+    /// The reconciler's options.
+    pub fn options(&self) -> ReconcileOptions {
+        let mut options = ReconcileOptions::new();
+        if let Some(consumer) = &self.consumer {
+            options.consumer = consumer.clone();
+        }
+        options.batch = self.batch.max(1);
+        options.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        options
     }
 }

@@ -17,14 +17,20 @@
 //! - [`sharding`]: home shards of users, default shard counts, splitting stock.
 //! - [`scripts`]: the embedded Lua scripts and their result codes.
 //! - [`events`]: the shard streams' entries (the outbox), decoded.
+//! - [`ledger`]: the SQL ledger of record (SQLite, PostgreSQL) and its repository.
+//! - [`audit`]: compares Redis with the ledger, reports drift, repairs Redis from it.
+//! - [`reconcile`]: settles the shard streams into the ledger, exactly once.
+//! - [`settlement`]: the ledger side of `serve`: reconciler and periodic audit.
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
 //! - [`maintenance`]: the background sweeper and move recovery.
 //! - [`local_redis`]: a private `redis-server` for the demo, tests and load runs.
+//! - [`local_postgres`]: a private PostgreSQL server (own cluster, loopback port) for tests.
 //! - [`demo`]: the sale the README's first command runs.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admission;
+pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod events;
@@ -32,9 +38,13 @@ pub mod gates;
 pub mod http;
 pub mod ids;
 pub mod keys;
+pub mod ledger;
+pub mod local_postgres;
 pub mod local_redis;
 pub mod maintenance;
 pub mod metrics;
+pub mod reconcile;
 pub mod scripts;
+pub mod settlement;
 pub mod sharding;
 pub mod store;

@@ -4,9 +4,13 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use flashsale::config::ServeConfig;
+use flashsale::audit;
+use flashsale::config::{AuditArgs, ReconcileArgs, ServeConfig};
 use flashsale::demo::{self, DemoOptions};
 use flashsale::http::{shutdown_signal, Application};
+use flashsale::ledger::Ledger;
+use flashsale::reconcile::Reconciler;
+use flashsale::store::Store;
 
 /// Flash-sale inventory reservation engine.
 #[derive(Parser)]
@@ -20,6 +24,10 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API, with the expiry sweeper and stock-move recovery in the background.
     Serve(ServeConfig),
+    /// Settle the shard streams into the SQL ledger until SIGTERM or ctrl-c.
+    Reconcile(ReconcileArgs),
+    /// Compare Redis with the ledger, report drift, and with --repair fix it.
+    Audit(AuditArgs),
     /// Run a demo sale against a private Redis and check that it ended right.
     Demo(DemoArgs),
 }
@@ -60,6 +68,53 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(address = %app.local_addr(), "serving");
             println!("flashsale listening on http://{}", app.local_addr());
             app.run_until(shutdown_signal()).await?;
+        }
+        Command::Reconcile(args) => {
+            let url = args
+                .ledger
+                .database_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
+            let store = Store::connect(&args.redis.store_options(&args.redis.redis_url)).await?;
+            let ledger = Ledger::connect(&url).await?;
+            let reconciler =
+                Reconciler::new(store, &args.redis.redis_url, ledger, args.options(), None)?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let running = tokio::spawn(reconciler.run(stopped));
+            tracing::info!(database = %url, "reconciling");
+            shutdown_signal().await;
+            let _ = stop.send(true);
+            running.await?;
+        }
+        Command::Audit(args) => {
+            let url = args
+                .ledger
+                .database_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
+            let store = Store::connect(&args.redis.store_options(&args.redis.redis_url)).await?;
+            let ledger = Ledger::connect(&url).await?;
+            let reconciler = if args.no_drain {
+                None
+            } else {
+                let mut options = flashsale::reconcile::ReconcileOptions::new();
+                // Whatever another consumer left pending is settled too: the audit drains.
+                options.claim_idle = Duration::from_millis(1);
+                Some(Reconciler::new(
+                    store.clone(),
+                    &args.redis.redis_url,
+                    ledger.clone(),
+                    options,
+                    None,
+                )?)
+            };
+            let report = audit::run(&store, &ledger, reconciler.as_ref(), args.repair).await?;
+            print!("{report}");
+            let unrepaired =
+                !report.drifts.is_empty() && (!args.repair || !report.skipped.is_empty());
+            if unrepaired {
+                std::process::exit(1);
+            }
         }
         Command::Demo(args) => {
             let report = demo::run(&DemoOptions {

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the service, in one registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets, in seconds: 50 µs to 1 s.
@@ -26,6 +26,18 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Units per SKU and state (available, held, sold), read at scrape time.
     pub sku_units: IntGaugeVec,
+    /// Age of the oldest event not yet settled into the ledger, seconds.
+    pub reconciler_lag: Gauge,
+    /// Events delivered and not settled, or not delivered yet.
+    pub reconciler_pending: IntGauge,
+    /// Batches settled.
+    pub reconciler_batches: IntCounter,
+    /// Events applied to the ledger.
+    pub reconciler_events: IntCounter,
+    /// Events delivered again and found already applied.
+    pub reconciler_duplicates: IntCounter,
+    /// Failed reconciler turns (Redis or database).
+    pub reconciler_errors: IntCounter,
 }
 
 impl Metrics {
@@ -76,6 +88,30 @@ impl Metrics {
             &["sku", "state"],
         )
         .expect("valid metric");
+        let reconciler_lag = Gauge::new(
+            "flashsale_reconciler_lag_seconds",
+            "Age of the oldest event not yet settled into the ledger",
+        )
+        .expect("valid metric");
+        let reconciler_pending = IntGauge::new(
+            "flashsale_reconciler_pending_events",
+            "Events not yet settled into the ledger",
+        )
+        .expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let reconciler_batches = counter("flashsale_reconciler_batches_total", "Batches settled");
+        let reconciler_events = counter(
+            "flashsale_reconciler_events_total",
+            "Events applied to the ledger",
+        );
+        let reconciler_duplicates = counter(
+            "flashsale_reconciler_duplicate_events_total",
+            "Events delivered again and found applied",
+        );
+        let reconciler_errors = counter(
+            "flashsale_reconciler_errors_total",
+            "Failed reconciler turns",
+        );
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -83,6 +119,12 @@ impl Metrics {
             Box::new(redis_seconds.clone()),
             Box::new(in_flight.clone()),
             Box::new(sku_units.clone()),
+            Box::new(reconciler_lag.clone()),
+            Box::new(reconciler_pending.clone()),
+            Box::new(reconciler_batches.clone()),
+            Box::new(reconciler_events.clone()),
+            Box::new(reconciler_duplicates.clone()),
+            Box::new(reconciler_errors.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -94,6 +136,12 @@ impl Metrics {
             redis_seconds,
             in_flight,
             sku_units,
+            reconciler_lag,
+            reconciler_pending,
+            reconciler_batches,
+            reconciler_events,
+            reconciler_duplicates,
+            reconciler_errors,
         }
     }
 

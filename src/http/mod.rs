@@ -20,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{watch, OnceCell, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -36,9 +36,11 @@ pub use skus::{SkuStatus, SkuView};
 
 use crate::admission::{Admission, Refusal};
 use crate::config::ServeConfig;
+use crate::ledger::Ledger;
 use crate::local_redis::LocalRedis;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::settlement::{self, SettlementOptions};
+use crate::store::Store;
 use crate::{gates, maintenance};
 
 /// Largest request body accepted.
@@ -57,6 +59,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: Arc<serde_json::Value>,
+    /// The ledger, once its database has answered (never, without a database URL).
+    pub ledger: Arc<OnceCell<Ledger>>,
 }
 
 impl AppState {
@@ -198,6 +202,9 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     background: Vec<JoinHandle<()>>,
+    /// Tells the ledger side to finish its batch and stop.
+    stop: watch::Sender<bool>,
+    settlement: Option<JoinHandle<()>>,
     state: AppState,
     /// The private Redis of `--spawn-redis`, stopped with the application.
     _redis: Option<LocalRedis>,
@@ -212,14 +219,10 @@ impl Application {
             let url = redis.url();
             (Some(redis), url)
         } else {
-            (None, config.redis_url.clone())
+            (None, config.redis.redis_url.clone())
         };
-        let store = Store::connect(&StoreOptions {
-            redis_url,
-            prefix: config.key_prefix.clone(),
-            timeout: config.redis_timeout(),
-        })
-        .await?;
+        let store = Store::connect(&config.redis.store_options(&redis_url)).await?;
+        let redis_url = redis_url.clone();
         let admission = Arc::new(Admission::new(&config.admission()));
         for sku in store.skus().await? {
             admission.know(&*store.config(&sku).await?);
@@ -230,7 +233,26 @@ impl Application {
             metrics: Arc::new(Metrics::new()),
             admin_token: config.admin_token.as_deref().map(Arc::from),
             openapi: Arc::default(),
+            ledger: Arc::default(),
         };
+        let (stop, stopped) = watch::channel(false);
+        let settlement = config.ledger.database_url.clone().map(|database_url| {
+            let options = SettlementOptions {
+                database_url,
+                redis_url: redis_url.clone(),
+                reconcile: !config.no_reconcile,
+                audit_every: (config.audit_interval_s > 0)
+                    .then(|| std::time::Duration::from_secs(config.audit_interval_s)),
+                audit_repair: config.audit_repair,
+            };
+            settlement::spawn(
+                options,
+                store.clone(),
+                state.ledger.clone(),
+                state.metrics.clone(),
+                stopped,
+            )
+        });
         let listener = TcpListener::bind(config.listen).await?;
         let background = vec![
             maintenance::spawn(store.clone(), config.sweep_interval()),
@@ -240,6 +262,8 @@ impl Application {
             router: router(state.clone()),
             listener,
             background,
+            stop,
+            settlement,
             state,
             _redis: redis,
         })
@@ -268,6 +292,11 @@ impl Application {
             .await;
         for task in self.background {
             task.abort();
+        }
+        // The reconciler finishes the batch it is settling; a stuck one is not waited for.
+        let _ = self.stop.send(true);
+        if let Some(settlement) = self.settlement {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), settlement).await;
         }
         served
     }

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::extract::{Admin, ApiJson, ApiPath};
 use super::{parse_time, rfc3339, ApiError, AppState, Problem};
 use crate::ids::{OpId, Sku};
+use crate::ledger::LedgerRepo;
 use crate::store::{Loaded, SkuConfig, SkuSpec, Totals, MAX_HOLD};
 
 /// What a SKU is loaded with.
@@ -80,6 +81,27 @@ pub struct SkuView {
     pub ends_at: Option<String>,
     /// Where the sale stands.
     pub status: SkuStatus,
+    /// What the SQL ledger has settled so far (absent without a ledger).
+    pub settled: Option<SettledView>,
+}
+
+/// A SKU's figures in the ledger of record; they trail Redis by the reconciler's lag.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SettledView {
+    /// Units put on sale.
+    pub stock: u64,
+    /// Units available.
+    pub available: u64,
+    /// Units held.
+    pub held: u64,
+    /// Units sold.
+    pub sold: u64,
+    /// Reservations cancelled.
+    pub cancelled: u64,
+    /// Reservations expired.
+    pub expired: u64,
+    /// Reservations in all.
+    pub reservations: u64,
 }
 
 fn view(config: &SkuConfig, totals: &Totals, now_ms: u64) -> SkuView {
@@ -104,6 +126,7 @@ fn view(config: &SkuConfig, totals: &Totals, now_ms: u64) -> SkuView {
         starts_at: config.starts_at_ms.map(rfc3339),
         ends_at: config.ends_at_ms.map(rfc3339),
         status,
+        settled: None,
     }
 }
 
@@ -121,7 +144,25 @@ fn hold(seconds: Option<f64>) -> Result<Duration, ApiError> {
 async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> {
     let config = state.store.config(sku).await?;
     let totals = state.store.totals(sku).await?;
-    Ok(view(&config, &totals, state.store.redis_now_ms()))
+    let mut view = view(&config, &totals, state.store.redis_now_ms());
+    if let Some(ledger) = state.ledger.get() {
+        // The ledger being down must not take the SKU view down with it.
+        match ledger.figures(sku.as_str()).await {
+            Ok(f) => {
+                view.settled = Some(SettledView {
+                    stock: f.stock,
+                    available: f.available(),
+                    held: f.held,
+                    sold: f.sold,
+                    cancelled: f.cancelled,
+                    expired: f.expired,
+                    reservations: f.reservations,
+                })
+            }
+            Err(error) => tracing::warn!(%error, "ledger figures unavailable"),
+        }
+    }
+    Ok(view)
 }
 
 /// Loads a SKU, or replaces one that has no holds, sales or barriers yet.
