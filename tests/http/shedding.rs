@@ -147,7 +147,7 @@ async fn beyond_the_in_flight_bound_requests_are_refused_at_once() {
     let app = std::sync::Arc::new(
         TestApp::spawn_with(|c| {
             c.max_in_flight = 1;
-            c.redis_timeout_ms = 10_000;
+            c.redis.redis_timeout_ms = 10_000;
         })
         .await,
     );

@@ -1,5 +1,8 @@
 //! A real server on port 0 over a real `redis-server`, and a client that checks every
 //! response it receives against the server's own `/openapi.json`.
+//!
+//! Shared by the `http` and `ledger` test crates; each uses a part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -47,7 +50,7 @@ impl TestApp {
     pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> Self {
         let redis = LocalRedis::start().expect("start redis-server");
         let mut config = ServeConfig::local(redis.url());
-        config.key_prefix = format!("t{}:", random_token());
+        config.redis.key_prefix = format!("t{}:", random_token());
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
         tweak(&mut config);
         let app = Application::build(&config).await.expect("build app");
@@ -73,7 +76,7 @@ impl TestApp {
             base,
             client,
             spec,
-            prefix: config.key_prefix,
+            prefix: config.redis.key_prefix,
             stop: Some(stop),
         }
     }
