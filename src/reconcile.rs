@@ -455,8 +455,8 @@ impl Reconciler {
 
     async fn housekeeping(&self) -> Result<(), ReconcileError> {
         self.discover().await?;
-        self.claim_abandoned().await?;
-        self.trim().await?;
+        // Measured first: what follows writes to the database and fails while it is down,
+        // which is exactly when the lag must keep being reported.
         let backlog = self.backlog().await?;
         if let Some(metrics) = &self.metrics {
             let now = self.store.redis_now_ms();
@@ -468,6 +468,8 @@ impl Reconciler {
                 .reconciler_pending
                 .set((backlog.pending + backlog.undelivered) as i64);
         }
+        self.trim().await?;
+        self.claim_abandoned().await?;
         Ok(())
     }
 
