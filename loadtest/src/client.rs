@@ -1,0 +1,227 @@
+//! A lean HTTP/1.1 client: one hyper connection per worker, kept alive, no pooling logic on
+//! the hot path, so that the load generator costs little of the cores it shares with the
+//! server under test.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The server's address.
+    pub addr: SocketAddr,
+    host: String,
+}
+
+impl Target {
+    /// A target from a base URL such as `http://127.0.0.1:8080`.
+    pub fn parse(base: &str) -> anyhow::Result<Self> {
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow::anyhow!("only http:// targets are supported: {base}"))?;
+        let host = rest.trim_end_matches('/').to_owned();
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+        Ok(Self { addr, host })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.host)
+    }
+}
+
+/// A request the load generator sends.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// `POST /v1/reservations`.
+    Reserve {
+        /// SKU.
+        sku: String,
+        /// Buyer.
+        user: String,
+        /// Units.
+        quantity: u32,
+        /// Idempotency key (the same on a retry).
+        key: String,
+    },
+    /// `POST /v1/reservations/{rid}/confirm`.
+    Confirm {
+        /// Reservation id.
+        rid: String,
+    },
+    /// `POST /v1/reservations/{rid}/cancel`.
+    Cancel {
+        /// Reservation id.
+        rid: String,
+    },
+    /// `GET <path>`.
+    Get {
+        /// Path.
+        path: String,
+    },
+}
+
+/// What came back, reduced to what the harness needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The problem code, for an error.
+    pub code: Option<String>,
+    /// The reservation id, for a reservation.
+    pub reservation_id: Option<String>,
+    /// `Idempotent-Replayed: true` was set.
+    pub replayed: bool,
+}
+
+impl Answer {
+    /// The outcome label: `held`, `replayed`, `confirmed`, `cancelled`, `ok`, or the
+    /// problem code (`sold_out`, `rate_limited`, ...).
+    pub fn outcome(&self, call: &Call) -> String {
+        if let Some(code) = &self.code {
+            return code.clone();
+        }
+        match (call, self.status) {
+            (Call::Reserve { .. }, 201) if self.replayed => "replayed".into(),
+            (Call::Reserve { .. }, 201) => "held".into(),
+            (Call::Confirm { .. }, 200) => "confirmed".into(),
+            (Call::Cancel { .. }, 200) => "cancelled".into(),
+            (_, status) if (200..300).contains(&status) => "ok".into(),
+            (_, status) => format!("http_{status}"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Body {
+    code: Option<String>,
+    reservation_id: Option<String>,
+}
+
+/// One kept-alive connection.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    target: Target,
+}
+
+impl Connection {
+    /// Connects to `target`.
+    pub async fn open(target: &Target) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(target.addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            target: target.clone(),
+        })
+    }
+
+    /// Sends `call` and reads the whole answer.
+    pub async fn send(&mut self, call: &Call) -> anyhow::Result<Answer> {
+        let (method, path, body, key) = match call {
+            Call::Reserve {
+                sku,
+                user,
+                quantity,
+                key,
+            } => (
+                Method::POST,
+                "/v1/reservations".to_owned(),
+                format!(r#"{{"sku":"{sku}","user_id":"{user}","quantity":{quantity}}}"#),
+                Some(key.as_str()),
+            ),
+            Call::Confirm { rid } => (
+                Method::POST,
+                format!("/v1/reservations/{rid}/confirm"),
+                String::new(),
+                None,
+            ),
+            Call::Cancel { rid } => (
+                Method::POST,
+                format!("/v1/reservations/{rid}/cancel"),
+                String::new(),
+                None,
+            ),
+            Call::Get { path } => (Method::GET, path.clone(), String::new(), None),
+        };
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.target.host);
+        if !body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        self.sender.ready().await?;
+        let response = self
+            .sender
+            .send_request(request.body(Full::new(Bytes::from(body)))?)
+            .await?;
+        let status = response.status().as_u16();
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let parsed: Option<Body> = serde_json::from_slice(&bytes).ok();
+        let (code, reservation_id) = parsed.map_or((None, None), |b| (b.code, b.reservation_id));
+        Ok(Answer {
+            status,
+            code,
+            reservation_id,
+            replayed,
+        })
+    }
+
+    /// Sends `call` and returns the JSON body (for reading figures, not on the hot path).
+    pub async fn json(&mut self, call: &Call) -> anyhow::Result<serde_json::Value> {
+        let path = match call {
+            Call::Get { path } => path.clone(),
+            _ => anyhow::bail!("json() reads GET calls only"),
+        };
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, &self.target.host)
+            .body(Full::new(Bytes::new()))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+/// `PUT path` with a JSON body and a bearer token, on a fresh connection; returns the status.
+pub async fn put_json(
+    target: &Target,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<u16> {
+    let mut conn = Connection::open(target).await?;
+    let request = Request::builder()
+        .method(Method::PUT)
+        .uri(path)
+        .header(HOST, &target.host)
+        .header(CONTENT_TYPE, "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+    conn.sender.ready().await?;
+    let response = conn.sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await?;
+    Ok(status)
+}

@@ -1,0 +1,27 @@
+//! flashsale-loadtest: replays a flash sale against the HTTP API, open loop, and proves it
+//! ended right; measures the engine beside the usual alternatives.
+//!
+//! # Layout
+//!
+//! - [`scenario`]: the sale to replay (flags or TOML) and its arrival schedule.
+//! - [`client`]: a lean HTTP/1.1 client, one kept-alive connection per worker.
+//! - [`run`]: the open-loop generator (and a closed loop for saturation), the buyers'
+//!   behaviour, the closing wave.
+//! - [`stats`]: HDR histograms per outcome and per second.
+//! - [`checks`]: the invariants, through the API, in Redis and in the ledger.
+//! - [`report`], [`chart`]: `report.json`, the table, the SVG chart.
+//! - [`spawn`], [`sale`]: `--spawn` (a private Redis and engine) and one whole sale.
+//! - [`compare`]: the engine beside its alternatives, in one run.
+//! - [`baseline`]: the alternatives, labelled as such.
+
+pub mod baseline;
+pub mod chart;
+pub mod checks;
+pub mod client;
+pub mod compare;
+pub mod report;
+pub mod run;
+pub mod sale;
+pub mod scenario;
+pub mod spawn;
+pub mod stats;

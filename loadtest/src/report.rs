@@ -1,0 +1,149 @@
+//! `report.json` and the table on stdout.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::checks::Violations;
+use crate::run::RunOutcome;
+use crate::scenario::Scenario;
+use crate::stats::Percentiles;
+
+/// Latency percentiles, overall and per outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Every answer.
+    pub overall: Percentiles,
+    /// By outcome.
+    pub by_outcome: BTreeMap<String, Percentiles>,
+}
+
+/// The report of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The scenario replayed.
+    pub scenario: Scenario,
+    /// Answers per second over the arrival phase.
+    pub throughput_rps: f64,
+    /// Requests sent (retries and follow-ups included).
+    pub requests: u64,
+    /// Seconds the arrival phase took.
+    pub duration_s: f64,
+    /// Latency from the intended send time, ms.
+    pub latency_ms: Latency,
+    /// Answers by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Invariant -> number of violations.
+    pub invariants: BTreeMap<String, usize>,
+    /// What broke, invariant by invariant.
+    pub violations: BTreeMap<String, Vec<String>>,
+    /// Units bought in the closing wave.
+    pub closing_wave_bought: u64,
+    /// The SKU at the end, as the API showed it.
+    pub sku: serde_json::Value,
+    /// Redis time spent in scripts per reservation made, µs, when measured.
+    pub redis_us_per_reservation: Option<f64>,
+    /// Every invariant held.
+    pub passed: bool,
+}
+
+impl Report {
+    /// Builds the report of a run and its checks.
+    pub fn new(
+        scenario: &Scenario,
+        run: &RunOutcome,
+        violations: Violations,
+        sku: serde_json::Value,
+        redis_us_per_reservation: Option<f64>,
+    ) -> Self {
+        let recorder = &run.recorder;
+        let secs = run.elapsed.as_secs_f64().max(1e-9);
+        Self {
+            scenario: scenario.clone(),
+            throughput_rps: recorder.overall.len() as f64 / secs,
+            requests: run.sent,
+            duration_s: secs,
+            latency_ms: Latency {
+                overall: Percentiles::of(&recorder.overall),
+                by_outcome: recorder
+                    .by_outcome
+                    .iter()
+                    .map(|(o, h)| (o.clone(), Percentiles::of(h)))
+                    .collect(),
+            },
+            outcomes: recorder.outcomes(),
+            invariants: violations
+                .iter()
+                .map(|(name, v)| ((*name).to_owned(), v.len()))
+                .collect(),
+            passed: violations.values().all(Vec::is_empty),
+            violations: violations
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(name, v)| (name.to_owned(), v))
+                .collect(),
+            closing_wave_bought: run.closing_bought,
+            sku,
+            redis_us_per_reservation,
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} requests in {:.2} s: {:.0} req/s",
+            self.requests, self.duration_s, self.throughput_rps
+        )?;
+        writeln!(
+            f,
+            "{:<22} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "outcome", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, count: u64, p: &Percentiles| {
+            writeln!(
+                f,
+                "{name:<22} {count:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                p.p50, p.p90, p.p99, p.p999, p.max
+            )
+        };
+        for (outcome, p) in &self.latency_ms.by_outcome {
+            row(
+                f,
+                outcome,
+                self.outcomes.get(outcome).copied().unwrap_or(0),
+                p,
+            )?;
+        }
+        row(
+            f,
+            "all",
+            self.outcomes.values().sum(),
+            &self.latency_ms.overall,
+        )?;
+        let sku = &self.sku;
+        writeln!(
+            f,
+            "sku {}: stock {} sold {} held {} available {} (closing wave bought {})",
+            self.scenario.sku,
+            sku["stock"],
+            sku["sold"],
+            sku["held"],
+            sku["available"],
+            self.closing_wave_bought
+        )?;
+        if let Some(us) = self.redis_us_per_reservation {
+            writeln!(f, "redis time per reservation: {us:.2} us")?;
+        }
+        for (name, count) in &self.invariants {
+            let verdict = if *count == 0 { "ok" } else { "VIOLATED" };
+            writeln!(f, "invariant {name:<34} {verdict}")?;
+            for what in self.violations.get(name).into_iter().flatten() {
+                writeln!(f, "    {what}")?;
+            }
+        }
+        write!(f, "{}", if self.passed { "PASSED" } else { "FAILED" })
+    }
+}

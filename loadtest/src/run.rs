@@ -1,0 +1,459 @@
+//! The load generator. Open loop: every arrival leaves at its scheduled time whatever the
+//! answers so far, and its latency is measured from that intended time, so a slow server
+//! shows as latency rather than as fewer requests (no coordinated omission). A closed loop
+//! (`saturate`) measures the most a server answers with a fixed number of connections.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::client::{Call, Connection, Target};
+use crate::scenario::Scenario;
+use crate::stats::Recorder;
+
+/// A request due at `intended`.
+#[derive(Debug, Clone)]
+struct Job {
+    call: Call,
+    intended: Instant,
+    /// For a reserve: the buyer and how many times it was sent before.
+    user: Option<String>,
+    attempt: u32,
+}
+
+/// What the buyers were told, kept to check the engine against.
+#[derive(Debug, Default)]
+pub struct Book {
+    /// Holds granted: reservation id -> (buyer, units).
+    pub holds: HashMap<String, (String, u32)>,
+    /// Reservations confirmed to their buyer.
+    pub confirmed: HashSet<String>,
+    /// Reservations cancelled by their buyer.
+    pub cancelled: HashSet<String>,
+}
+
+impl Book {
+    /// Units confirmed per buyer.
+    pub fn confirmed_by_user(&self) -> BTreeMap<String, u64> {
+        let mut by_user = BTreeMap::new();
+        for rid in &self.confirmed {
+            if let Some((user, qty)) = self.holds.get(rid) {
+                *by_user.entry(user.clone()).or_default() += u64::from(*qty);
+            }
+        }
+        by_user
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Default)]
+pub struct RunOutcome {
+    /// Every answer of the main phase.
+    pub recorder: Recorder,
+    /// Requests sent in the main phase (retries and follow-ups included).
+    pub sent: u64,
+    /// How long the arrivals took, from the first intended send to the last answer.
+    pub elapsed: Duration,
+    /// What the buyers were told (main phase and closing wave).
+    pub book: Book,
+    /// Units bought in the closing wave.
+    pub closing_bought: u64,
+}
+
+struct Shared {
+    scenario: Scenario,
+    start: Instant,
+    queue: async_channel::Sender<Job>,
+    /// Jobs queued or in flight; the run is over when it is 0 after the last arrival.
+    outstanding: AtomicI64,
+    sent: AtomicU64,
+    held: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    book: Mutex<Book>,
+}
+
+impl Shared {
+    fn enqueue(&self, job: Job) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        let _ = self.queue.try_send(job);
+    }
+}
+
+async fn worker(
+    shared: Arc<Shared>,
+    target: Target,
+    jobs: async_channel::Receiver<Job>,
+) -> Recorder {
+    let mut recorder = Recorder::default();
+    let mut connection: Option<Connection> = None;
+    let timeout = Duration::from_millis(shared.scenario.timeout_ms);
+    while let Ok(job) = jobs.recv().await {
+        if connection.is_none() {
+            connection = Connection::open(&target).await.ok();
+        }
+        let answer = match connection.as_mut() {
+            Some(conn) => tokio::time::timeout(timeout, conn.send(&job.call)).await,
+            None => Ok(Err(anyhow::anyhow!("cannot connect"))),
+        };
+        shared.sent.fetch_add(1, Ordering::Relaxed);
+        let latency = job.intended.elapsed();
+        let at = job.intended.saturating_duration_since(shared.start);
+        let outcome = match answer {
+            Ok(Ok(answer)) => {
+                let outcome = answer.outcome(&job.call);
+                follow_up(&shared, &job, &answer, &outcome);
+                outcome
+            }
+            Ok(Err(_)) => {
+                connection = None;
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                "error".to_owned()
+            }
+            Err(_) => {
+                // The answer may still come on this connection: start a fresh one.
+                connection = None;
+                shared.failed.fetch_add(1, Ordering::Relaxed);
+                if matches!(job.call, Call::Reserve { .. }) && job.attempt < shared.scenario.retries
+                {
+                    shared.enqueue(Job {
+                        intended: Instant::now(),
+                        attempt: job.attempt + 1,
+                        ..job.clone()
+                    });
+                }
+                "timeout".to_owned()
+            }
+        };
+        recorder.record(&outcome, at, latency);
+        shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+    recorder
+}
+
+/// Books an answer and schedules what the buyer does next.
+fn follow_up(shared: &Arc<Shared>, job: &Job, answer: &crate::client::Answer, outcome: &str) {
+    match (&job.call, outcome) {
+        (Call::Reserve { quantity, .. }, "held" | "replayed") => {
+            shared.held.fetch_add(1, Ordering::Relaxed);
+            let Some(rid) = answer.reservation_id.clone() else {
+                return;
+            };
+            let user = job.user.clone().unwrap_or_default();
+            let fresh = shared
+                .book
+                .lock()
+                .holds
+                .insert(rid.clone(), (user, *quantity))
+                .is_none();
+            if !fresh {
+                return;
+            }
+            let roll: f64 = rand::rng().random();
+            let call = if roll < shared.scenario.confirm_share {
+                Call::Confirm { rid }
+            } else if roll < shared.scenario.confirm_share + shared.scenario.cancel_share {
+                Call::Cancel { rid }
+            } else {
+                return; // abandoned: the hold expires
+            };
+            let think = Duration::from_millis(shared.scenario.think_ms);
+            shared.outstanding.fetch_add(1, Ordering::AcqRel);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(think).await;
+                let _ = shared.queue.try_send(Job {
+                    call,
+                    intended: Instant::now(),
+                    user: None,
+                    attempt: 0,
+                });
+            });
+        }
+        (Call::Confirm { rid }, "confirmed") => {
+            shared.book.lock().confirmed.insert(rid.clone());
+        }
+        (Call::Cancel { rid }, "cancelled") => {
+            shared.book.lock().cancelled.insert(rid.clone());
+        }
+        (_, "sold_out" | "insufficient_stock" | "limit_exceeded" | "rate_limited") => {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} arrivals  {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Replays `scenario` against `target`: the arrivals open loop, then (if asked) the
+/// closing wave.
+pub async fn replay(
+    target: &Target,
+    scenario: &Scenario,
+    show_progress: bool,
+) -> anyhow::Result<RunOutcome> {
+    let schedule = scenario
+        .profile
+        .schedule(Duration::from_millis(scenario.duration_ms));
+    let (queue, jobs) = async_channel::unbounded();
+    let start = Instant::now() + Duration::from_millis(50);
+    let shared = Arc::new(Shared {
+        scenario: scenario.clone(),
+        start,
+        queue,
+        outstanding: AtomicI64::new(0),
+        sent: AtomicU64::new(0),
+        held: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        book: Mutex::new(Book::default()),
+    });
+    let workers: Vec<_> = (0..scenario.connections)
+        .map(|_| tokio::spawn(worker(shared.clone(), target.clone(), jobs.clone())))
+        .collect();
+
+    let bar = progress_bar(show_progress, schedule.len() as u64);
+    let ticker = {
+        let (shared, bar) = (shared.clone(), bar.clone());
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let sent = shared.sent.load(Ordering::Relaxed);
+                let rate = (sent - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), sent);
+                bar.set_message(format!(
+                    "{rate:>7.0} req/s  held {}  refused {}  errors {}",
+                    shared.held.load(Ordering::Relaxed),
+                    shared.refused.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed)
+                ));
+            }
+        })
+    };
+
+    // The dispatcher: each arrival leaves at its time; if the dispatcher itself falls
+    // behind, the late ones still carry their intended time.
+    for (n, offset) in schedule.iter().enumerate() {
+        let intended = start + *offset;
+        if intended > Instant::now() {
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        let user = format!("user-{}", n as u64 % scenario.users);
+        shared.enqueue(Job {
+            call: Call::Reserve {
+                sku: scenario.sku.clone(),
+                user: user.clone(),
+                quantity: scenario.quantity,
+                key: format!("order-{n}"),
+            },
+            intended,
+            user: Some(user),
+            attempt: 0,
+        });
+        if n % 256 == 0 {
+            bar.set_position(n as u64);
+        }
+    }
+    bar.set_position(schedule.len() as u64);
+    while shared.outstanding.load(Ordering::Acquire) > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    shared.queue.close();
+    ticker.abort();
+    bar.finish_and_clear();
+    let mut recorder = Recorder::default();
+    for worker in workers {
+        recorder.merge(&worker.await?);
+    }
+    let closing_bought = if scenario.closing_wave {
+        closing_wave(target, scenario, &shared).await?
+    } else {
+        0
+    };
+    let book = std::mem::take(&mut *shared.book.lock());
+    Ok(RunOutcome {
+        recorder,
+        sent: shared.sent.load(Ordering::Relaxed),
+        elapsed,
+        book,
+        closing_bought,
+    })
+}
+
+/// After the abandoned holds have expired, buyers who all confirm come one after another
+/// until the SKU has nothing available and nothing held: a sale with demand above supply
+/// must end with every unit sold.
+async fn closing_wave(
+    target: &Target,
+    scenario: &Scenario,
+    shared: &Arc<Shared>,
+) -> anyhow::Result<u64> {
+    tokio::time::sleep(Duration::from_secs_f64(scenario.hold_seconds) + Duration::from_millis(500))
+        .await;
+    let mut conn = Connection::open(target).await?;
+    let sku_path = format!("/v1/skus/{}", scenario.sku);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut bought = 0;
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let user = format!("closing-{n}");
+        let call = Call::Reserve {
+            sku: scenario.sku.clone(),
+            user: user.clone(),
+            quantity: 1,
+            key: format!("closing-{n}"),
+        };
+        let answer = conn.send(&call).await?;
+        if let (201, Some(rid)) = (answer.status, answer.reservation_id.clone()) {
+            let confirm = conn.send(&Call::Confirm { rid: rid.clone() }).await?;
+            if confirm.status == 200 {
+                let mut book = shared.book.lock();
+                book.holds.insert(rid.clone(), (user, 1));
+                book.confirmed.insert(rid);
+                bought += 1;
+            }
+            continue;
+        }
+        let sku = conn
+            .json(&Call::Get {
+                path: sku_path.clone(),
+            })
+            .await?;
+        let (available, held) = (sku["available"].as_u64(), sku["held"].as_u64());
+        if available == Some(0) && held == Some(0) {
+            break;
+        }
+        // Units are still held (a late buyer confirming) or coming back: look again soon.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(bought)
+}
+
+/// A closed-loop measurement: `connections` workers send `make(n)` back to back for
+/// `duration`; latency is measured per request from its send.
+pub async fn saturate(
+    target: &Target,
+    connections: usize,
+    duration: Duration,
+    make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
+) -> anyhow::Result<(Recorder, Duration)> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + duration;
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (target, counter, make) = (target.clone(), counter.clone(), make.clone());
+            tokio::spawn(async move {
+                let mut recorder = Recorder::default();
+                let mut conn = Connection::open(&target).await.ok();
+                while Instant::now() < end {
+                    let call = make(counter.fetch_add(1, Ordering::Relaxed));
+                    let sent = Instant::now();
+                    let outcome = match conn.as_mut() {
+                        Some(c) => match c.send(&call).await {
+                            Ok(answer) => answer.outcome(&call),
+                            Err(_) => {
+                                conn = Connection::open(&target).await.ok();
+                                "error".to_owned()
+                            }
+                        },
+                        None => {
+                            conn = Connection::open(&target).await.ok();
+                            "error".to_owned()
+                        }
+                    };
+                    recorder.record(&outcome, sent - start, sent.elapsed());
+                }
+                recorder
+            })
+        })
+        .collect();
+    let mut recorder = Recorder::default();
+    for worker in workers {
+        recorder.merge(&worker.await?);
+    }
+    Ok((recorder, start.elapsed()))
+}
+
+/// An open loop at a constant `rate` for `duration`: `make(n)` leaves at its intended time
+/// whatever the answers so far, over `connections` connections; latency is measured from
+/// the intended time. Returns the records and the time until the last answer.
+pub async fn offer(
+    target: &Target,
+    rate: f64,
+    duration: Duration,
+    connections: usize,
+    timeout: Duration,
+    make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
+) -> anyhow::Result<(Recorder, Duration)> {
+    let (queue, jobs) = async_channel::unbounded::<(Call, Instant)>();
+    let start = Instant::now() + Duration::from_millis(20);
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (target, jobs) = (target.clone(), jobs.clone());
+            tokio::spawn(async move {
+                let mut recorder = Recorder::default();
+                let mut conn: Option<Connection> = None;
+                while let Ok((call, intended)) = jobs.recv().await {
+                    if conn.is_none() {
+                        conn = Connection::open(&target).await.ok();
+                    }
+                    let answer = match conn.as_mut() {
+                        Some(c) => tokio::time::timeout(timeout, c.send(&call)).await,
+                        None => Ok(Err(anyhow::anyhow!("cannot connect"))),
+                    };
+                    let outcome = match answer {
+                        Ok(Ok(answer)) => answer.outcome(&call),
+                        Ok(Err(_)) => {
+                            conn = None;
+                            "error".to_owned()
+                        }
+                        Err(_) => {
+                            conn = None;
+                            "timeout".to_owned()
+                        }
+                    };
+                    recorder.record(
+                        &outcome,
+                        intended.saturating_duration_since(start),
+                        intended.elapsed(),
+                    );
+                }
+                recorder
+            })
+        })
+        .collect();
+    let schedule = crate::scenario::Profile::Constant { rate }.schedule(duration);
+    for (n, offset) in schedule.iter().enumerate() {
+        let intended = start + *offset;
+        if intended > Instant::now() {
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        let _ = queue.try_send((make(n as u64), intended));
+    }
+    queue.close();
+    let mut recorder = Recorder::default();
+    for worker in workers {
+        recorder.merge(&worker.await?);
+    }
+    Ok((recorder, start.elapsed()))
+}
