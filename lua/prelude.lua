@@ -25,7 +25,7 @@
   Events: each script call that changes anything appends one stream entry with fields
   sku, shard, ts (Redis time, ms) and ev: its events, one per line, in the order they
   happened, each "<kind>|<fields>" (rid = reservation id; late is 1 for a late confirm):
-    reserved|rid|user|qty|key|deadline      confirmed|rid|user|qty|late
+    reserved|rid|user|qty|deadline|key      confirmed|rid|user|qty|late
     cancelled|rid|user|qty                  expired|rid|user|qty
     barrier|user|key                        restocked|qty|op
     loaded|qty|limit|hold ms|start|end|shards
@@ -56,12 +56,16 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local cache, dirty = {}, {}
 local zadds, zrems, events = {}, {}, {}
 
--- Reads many fields in one round trip; later hget calls are served from memory.
-local function prefetch(fields)
-  local values = rcall('HMGET', shardKey, unpack(fields))
+-- Seeds the read cache with fields already read (by an HMGET of the caller's).
+local function remember(fields, values)
   for i, field in ipairs(fields) do
     if cache[field] == nil then cache[field] = values[i] end
   end
+end
+
+-- Reads many fields in one round trip; later hget calls are served from memory.
+local function prefetch(fields)
+  remember(fields, rcall('HMGET', shardKey, unpack(fields)))
 end
 
 local function hget(field)

@@ -4,6 +4,12 @@
   the engine coalescing concurrent reserves of a shard into one script call, which costs
   Redis far less per reservation (one TIME, HMGET, HSET, ZADD and XADD per batch).
 
+  Two paths, one outcome. The fast path serves the batch in plain locals when every request
+  is a first reserve that fits (the common case during a sale, and most of a script's own
+  cost is building strings and tables). Any other case (a repeated key, a shortage that
+  may call for a lazy sweep, an id collision) sends the whole batch, from scratch, through
+  the general path built on the prelude's cache; nothing is written before that choice.
+
   Guarantees, per request: the deduct, the user's allowance, the hold record, the deadline
   entry and the `reserved` event are written together or not at all; a shard's units are
   never held twice; a user never holds or owns more than the SKU's per-user limit in the
@@ -17,9 +23,12 @@
     user      user id
     qty       units wanted
     key       the client's idempotency key
+    keyfield  "<user>:<key>", the key's field (built by the caller: strings cost here)
 
-  Returns {now ms, shard avail after, {reply 1, .., reply n}}, each reply
-  {code, rid, state, qty, deadline ms} (user and key are the request's):
+  Returns, from the fast path, {now ms, shard avail after, {code 1, .., code n}, deadline ms}
+  (every new hold of the batch has that deadline); from the general path,
+  {now ms, shard avail after, {reply 1, .., reply n}}, each reply
+  {code, rid, state, qty, deadline ms} (user and key are the request's). Codes:
     OK             new hold (state h)
     REPLAYED       the key was seen with the same qty: the original reservation, as it is now
     KEY_REUSED     the key was seen with another qty
@@ -30,28 +39,73 @@
     SHARD_EMPTY    this shard has fewer than qty units (the engine then moves stock here)
     DUPLICATE_ID   the proposed rid exists already (the caller draws another)
     NO_SKU         shard not loaded (every reply)
-  Events: reserved {rid, user, qty, key, deadline}; expired {rid, user, qty} for lazy expiry.
+  Events: reserved {rid, user, qty, deadline, key}; expired {rid, user, qty} for lazy expiry.
 ]]
 local n = tonumber(ARGV[3])
 local fields = { ':lim', ':hold', ':start', ':end', ':avail', ':held', ':made' }
-local keyFields = {}
 for i = 1, n do
-  local b = i * 4
-  local keyField = ARGV[b + 1] .. ':' .. ARGV[b + 3]
-  keyFields[i] = keyField
-  fields[#fields + 1] = ARGV[b]
-  fields[#fields + 1] = ARGV[b + 1]
-  fields[#fields + 1] = keyField
+  local b = i * 5 - 1
+  fields[3 * i + 5], fields[3 * i + 6], fields[3 * i + 7] = ARGV[b], ARGV[b + 1], ARGV[b + 4]
 end
-prefetch(fields)
+local values = rcall('HMGET', shardKey, unpack(fields))
 
 local replies = {}
-local limit = tonumber(hget(':lim'))
+local limit = tonumber(values[1])
 if not limit then
   for i = 1, n do replies[i] = { NO_SKU, '', '', 0, 0 } end
   return { now, 0, replies }
 end
-local holdMs, startsAt, endsAt = num(':hold'), num(':start'), num(':end')
+local holdMs = tonumber(values[2]) or 0
+local startsAt, endsAt = tonumber(values[3]) or 0, tonumber(values[4]) or 0
+
+-- The fast path. Returns nil, having written nothing, when a request needs the general path.
+local function fastPath()
+  local avail, held, made = tonumber(values[5]) or 0, tonumber(values[6]) or 0, tonumber(values[7]) or 0
+  local deadline = now + holdMs
+  local seen, codes, writes, deadlines, lines = {}, {}, {}, {}, {}
+  for i = 1, n do
+    local b, v = i * 5 - 1, 3 * i + 5
+    local rid, user, key, keyField = ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
+    local qty = tonumber(ARGV[b + 2])
+    -- A known key (a replay or a barrier), a taken id, or a second request of one user in
+    -- the batch (the engine's batches have none) are for the general path.
+    if values[v + 2] or values[v] or seen[user] then return nil end
+    seen[user] = true
+    if not qty or qty < 1 or qty > limit or qty % 1 ~= 0 then
+      codes[i] = BAD_QTY
+    elseif startsAt > 0 and now < startsAt then
+      codes[i] = NOT_STARTED
+    elseif endsAt > 0 and now >= endsAt then
+      codes[i] = ENDED
+    else
+      local used = tonumber(values[v + 1]) or 0
+      if used + qty > limit or avail < qty then return nil end
+      avail, held, made = avail - qty, held + qty, made + 1
+      local tail = user .. '|' .. qty .. '|' .. deadline .. '|' .. key
+      local w = #writes
+      writes[w + 1], writes[w + 2] = user, used + qty
+      writes[w + 3], writes[w + 4] = keyField, rid
+      writes[w + 5], writes[w + 6] = rid, 'h|' .. tail
+      deadlines[#deadlines + 1], deadlines[#deadlines + 2] = deadline, rid
+      lines[#lines + 1] = 'reserved|' .. rid .. '|' .. tail
+      codes[i] = OK
+    end
+  end
+  if #lines > 0 then
+    local w = #writes
+    writes[w + 1], writes[w + 2] = ':avail', avail
+    writes[w + 3], writes[w + 4] = ':held', held
+    writes[w + 5], writes[w + 6] = ':made', made
+    rcall('HSET', shardKey, unpack(writes))
+    rcall('ZADD', deadlinesKey, unpack(deadlines))
+    rcall('XADD', eventsKey, '*', 'sku', sku, 'shard', shard, 'ts', now, 'ev', table.concat(lines, '\n'))
+  end
+  return { now, avail, codes, deadline }
+end
+
+local fast = fastPath()
+if fast then return fast end
+remember(fields, values)
 
 local swept = false
 local function sweepOnce()
@@ -98,13 +152,13 @@ local function reserveOne(rid, user, qty, key, keyField)
   hset(rid, 'h|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. key)
   zadds[#zadds + 1] = deadline
   zadds[#zadds + 1] = rid
-  emit('reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. key .. '|' .. deadline)
+  emit('reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. key)
   return { OK, rid, 'h', qty, deadline }
 end
 
 for i = 1, n do
-  local b = i * 4
-  replies[i] = reserveOne(ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], keyFields[i])
+  local b = i * 5 - 1
+  replies[i] = reserveOne(ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4])
 end
 commit()
 return { now, num(':avail'), replies }

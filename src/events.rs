@@ -210,8 +210,8 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
                 rid: rid(rest[0])?,
                 user: user(rest[1])?,
                 qty: num(rest[2])?,
-                key: key(rest[3])?,
-                deadline_ms: num(rest[4])?,
+                deadline_ms: num(rest[3])?,
+                key: key(rest[4])?,
             }
         }
         "confirmed" => {
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn lines_decode_and_malformed_ones_are_refused() {
         let rid = ReservationId::generate(&Sku::new("tv").unwrap(), 2);
-        let line = format!("reserved|{rid}|ann|2|k-1|1764064666123");
+        let line = format!("reserved|{rid}|ann|2|1764064666123|k-1");
         assert_eq!(
             parse_line(&line).unwrap(),
             Event::Reserved {

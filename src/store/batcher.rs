@@ -6,6 +6,7 @@
 //! adds no delay: a lone request is sent at once as a batch of one. Under load batches grow
 //! by themselves, which is exactly when Redis time is scarce.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{mpsc, oneshot};
@@ -64,15 +65,46 @@ impl Store {
     }
 }
 
+/// A batch holds at most one request per user: `reserve.lua`'s fast path then needs no
+/// bookkeeping of what earlier requests of the batch did to a user's allowance. A second
+/// request of a user waits for the next batch.
+fn user_tag(pending: &Pending) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&pending.request.user, &mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
 /// The shard's task: takes whatever is queued (up to [`MAX_BATCH`]), makes one call, answers
 /// each request, and goes again. It holds the store weakly and ends with it.
 async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.recv().await {
+    let mut deferred: VecDeque<Pending> = VecDeque::new();
+    let mut users: HashSet<u64> = HashSet::with_capacity(MAX_BATCH);
+    loop {
+        let first = match deferred.pop_front() {
+            Some(pending) => pending,
+            None => match queue.recv().await {
+                Some(pending) => pending,
+                None => return,
+            },
+        };
+        users.clear();
+        users.insert(user_tag(&first));
         batch.push(first);
+        // Deferred requests first (they waited), then what is queued.
+        let mut still_deferred = VecDeque::new();
+        while let Some(pending) = deferred.pop_front() {
+            if batch.len() < MAX_BATCH && users.insert(user_tag(&pending)) {
+                batch.push(pending);
+            } else {
+                still_deferred.push_back(pending);
+            }
+        }
+        deferred = still_deferred;
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) if users.insert(user_tag(&next)) => batch.push(next),
+                Ok(next) => deferred.push_back(next),
                 Err(_) => break,
             }
         }

@@ -492,9 +492,46 @@ impl Store {
             call.arg(id.as_str())
                 .arg(request.user.as_str())
                 .arg(request.quantity)
-                .arg(request.key.as_str());
+                .arg(request.key.as_str())
+                .arg(format!("{}:{}", request.user, request.key));
         }
-        Ok(call.invoke_async(&mut self.connection()).await?)
+        let reply: Vec<Value> = call.invoke_async(&mut self.connection()).await?;
+        let bad = || StoreError::Protocol("unexpected reserve reply".into());
+        let mut parts = reply.into_iter();
+        let (Some(now), Some(avail), Some(replies)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let (now, avail): (u64, i64) = (parse(now)?, parse(avail)?);
+        let replies = match parts.next() {
+            // The fast path: a code per request, one deadline for every new hold.
+            Some(deadline) => {
+                let deadline: u64 = parse(deadline)?;
+                let codes: Vec<i64> = parse(replies)?;
+                if codes.len() != requests.len() {
+                    return Err(bad());
+                }
+                codes
+                    .into_iter()
+                    .zip(requests)
+                    .map(|(code, (id, request))| {
+                        if code == ScriptCode::Ok as i64 {
+                            (
+                                code,
+                                id.to_string(),
+                                "h".to_owned(),
+                                u64::from(request.quantity),
+                                deadline,
+                            )
+                        } else {
+                            (code, String::new(), String::new(), 0, 0)
+                        }
+                    })
+                    .collect()
+            }
+            None => parse(replies)?,
+        };
+        Ok((now, avail, replies))
     }
 
     /// The Confirm: turns a hold into a sale. Idempotent. A hold past its deadline is
