@@ -80,6 +80,9 @@ impl Refusal {
     }
 }
 
+/// Idempotency keys by user.
+type KeysByUser = HashMap<String, HashSet<String>>;
+
 /// What admission knows of one SKU.
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -89,8 +92,9 @@ pub struct Gate {
     ends_at_ms: Option<u64>,
     /// Set when the store found no unit in any shard; cleared when units come back.
     sold_out: AtomicBool,
-    /// `<user>:<key>` recorded in Redis when the SKU closed; `None` until loaded.
-    recorded_keys: RwLock<Option<Arc<HashSet<String>>>>,
+    /// Keys recorded in Redis when the SKU closed, by user; `None` until loaded. By user so
+    /// that a lookup needs no allocation on the sold-out path.
+    recorded_keys: RwLock<Option<Arc<KeysByUser>>>,
 }
 
 impl Gate {
@@ -118,8 +122,10 @@ impl Gate {
     ) -> Option<Refusal> {
         let keys = self.recorded_keys.read();
         let keys = keys.as_ref()?;
-        let field = format!("{user}:{key}");
-        (!keys.contains(&field)).then_some(refusal)
+        let recorded = keys
+            .get(user.as_str())
+            .is_some_and(|keys| keys.contains(key.as_str()));
+        (!recorded).then_some(refusal)
     }
 }
 
@@ -244,10 +250,19 @@ impl Admission {
         }
     }
 
-    /// Stores the keys Redis recorded for a closed SKU.
-    pub fn set_recorded_keys(&self, sku: &Sku, keys: HashSet<String>) {
+    /// Stores the keys Redis recorded for a closed SKU, as `<user>:<key>` fields.
+    pub fn set_recorded_keys(&self, sku: &Sku, fields: HashSet<String>) {
+        let mut by_user: HashMap<String, HashSet<String>> = HashMap::new();
+        for field in fields {
+            if let Some((user, key)) = field.split_once(':') {
+                by_user
+                    .entry(user.to_owned())
+                    .or_default()
+                    .insert(key.to_owned());
+            }
+        }
         if let Some(gate) = self.gate(sku) {
-            *gate.recorded_keys.write() = Some(Arc::new(keys));
+            *gate.recorded_keys.write() = Some(Arc::new(by_user));
         }
     }
 

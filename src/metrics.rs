@@ -20,6 +20,9 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window).
     pub refusals: IntCounterVec,
+    /// The refusal counters resolved once (a label lookup per refusal costs a hash and a
+    /// lock on the path that sheds load).
+    refusal_by_reason: [(&'static str, IntCounter); 4],
     /// Latency of the store's Redis calls, by operation.
     pub redis_seconds: HistogramVec,
     /// Requests with Redis calls in flight.
@@ -128,8 +131,11 @@ impl Metrics {
         ] {
             registry.register(collector).expect("unique metric");
         }
+        let refusal_by_reason = ["rate", "sold_out_flag", "window", "in_flight"]
+            .map(|reason| (reason, refusals.with_label_values(&[reason])));
         Self {
             registry,
+            refusal_by_reason,
             requests,
             request_seconds,
             refusals,
@@ -142,6 +148,14 @@ impl Metrics {
             reconciler_events,
             reconciler_duplicates,
             reconciler_errors,
+        }
+    }
+
+    /// Counts a refusal from memory.
+    pub fn refused(&self, reason: &str) {
+        match self.refusal_by_reason.iter().find(|(r, _)| *r == reason) {
+            Some((_, counter)) => counter.inc(),
+            None => self.refusals.with_label_values(&[reason]).inc(),
         }
     }
 

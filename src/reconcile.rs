@@ -453,10 +453,10 @@ impl Reconciler {
         }
     }
 
-    async fn housekeeping(&self) -> Result<(), ReconcileError> {
+    /// Finds new streams and publishes the backlog and lag. Needs only Redis, so it keeps
+    /// reporting while the database is down, which is exactly when the lag grows.
+    async fn measure(&self) -> Result<(), ReconcileError> {
         self.discover().await?;
-        // Measured first: what follows writes to the database and fails while it is down,
-        // which is exactly when the lag must keep being reported.
         let backlog = self.backlog().await?;
         if let Some(metrics) = &self.metrics {
             let now = self.store.redis_now_ms();
@@ -468,6 +468,11 @@ impl Reconciler {
                 .reconciler_pending
                 .set((backlog.pending + backlog.undelivered) as i64);
         }
+        Ok(())
+    }
+
+    async fn housekeeping(&self) -> Result<(), ReconcileError> {
+        self.measure().await?;
         self.trim().await?;
         self.claim_abandoned().await?;
         Ok(())
@@ -498,10 +503,17 @@ impl Reconciler {
                         metrics.reconciler_errors.inc();
                     }
                     let jitter = rand::rng().random_range(0.5..1.5);
-                    let wait = backoff.mul_f64(jitter);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => {}
+                    let resume = Instant::now() + backoff.mul_f64(jitter);
+                    // The wait is cut into housekeeping intervals so the lag stays reported.
+                    while Instant::now() < resume && !*shutdown.borrow() {
+                        let nap = (resume - Instant::now()).min(self.options.housekeeping);
+                        tokio::select! {
+                            _ = tokio::time::sleep(nap) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        if let Err(error) = self.measure().await {
+                            tracing::debug!(%error, "lag not measured");
+                        }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

@@ -395,8 +395,10 @@ pub async fn saturate(
 }
 
 /// An open loop at a constant `rate` for `duration`: `make(n)` leaves at its intended time
-/// whatever the answers so far, over `connections` connections; latency is measured from
-/// the intended time. Returns the records and the time until the last answer.
+/// whatever the answers so far, over `connections` connections. Returns the records with
+/// latency from the intended time, the same answers with latency from the actual send
+/// (what the server took, without the generator's own backlog), and the time until the
+/// last answer.
 pub async fn offer(
     target: &Target,
     rate: f64,
@@ -404,19 +406,20 @@ pub async fn offer(
     connections: usize,
     timeout: Duration,
     make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
-) -> anyhow::Result<(Recorder, Duration)> {
+) -> anyhow::Result<(Recorder, Recorder, Duration)> {
     let (queue, jobs) = async_channel::unbounded::<(Call, Instant)>();
     let start = Instant::now() + Duration::from_millis(20);
     let workers: Vec<_> = (0..connections)
         .map(|_| {
             let (target, jobs) = (target.clone(), jobs.clone());
             tokio::spawn(async move {
-                let mut recorder = Recorder::default();
+                let (mut recorder, mut service) = (Recorder::default(), Recorder::default());
                 let mut conn: Option<Connection> = None;
                 while let Ok((call, intended)) = jobs.recv().await {
                     if conn.is_none() {
                         conn = Connection::open(&target).await.ok();
                     }
+                    let sent = Instant::now();
                     let answer = match conn.as_mut() {
                         Some(c) => tokio::time::timeout(timeout, c.send(&call)).await,
                         None => Ok(Err(anyhow::anyhow!("cannot connect"))),
@@ -432,13 +435,11 @@ pub async fn offer(
                             "timeout".to_owned()
                         }
                     };
-                    recorder.record(
-                        &outcome,
-                        intended.saturating_duration_since(start),
-                        intended.elapsed(),
-                    );
+                    let at = intended.saturating_duration_since(start);
+                    recorder.record(&outcome, at, intended.elapsed());
+                    service.record(&outcome, at, sent.elapsed());
                 }
-                recorder
+                (recorder, service)
             })
         })
         .collect();
@@ -451,9 +452,11 @@ pub async fn offer(
         let _ = queue.try_send((make(n as u64), intended));
     }
     queue.close();
-    let mut recorder = Recorder::default();
+    let (mut recorder, mut service) = (Recorder::default(), Recorder::default());
     for worker in workers {
-        recorder.merge(&worker.await?);
+        let (from_intended, from_send) = worker.await?;
+        recorder.merge(&from_intended);
+        service.merge(&from_send);
     }
-    Ok((recorder, start.elapsed()))
+    Ok((recorder, service, start.elapsed()))
 }

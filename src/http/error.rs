@@ -2,7 +2,10 @@
 //! stable machine-readable `code`. Store errors and admission refusals are mapped here, and
 //! only here.
 
+use std::sync::LazyLock;
 use std::time::Duration;
+
+use axum::body::Bytes;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -299,20 +302,49 @@ fn title_of(code: &str) -> &'static str {
     }
 }
 
+fn problem_body(parts: &Parts) -> Bytes {
+    let problem = Problem {
+        kind: format!("urn:flashsale:problem:{}", parts.code),
+        title: parts.title.to_owned(),
+        status: parts.status.as_u16(),
+        detail: parts.detail.clone(),
+        code: parts.code.to_owned(),
+    };
+    Bytes::from(serde_json::to_vec(&problem).expect("a problem serializes"))
+}
+
+/// The bodies of refusals from memory, built once: they are constant (a wait goes in a
+/// header), and once a SKU is sold out they are most of what the service answers.
+static REFUSAL_BODIES: LazyLock<[Bytes; 5]> = LazyLock::new(|| {
+    [
+        Refusal::RateLimited {
+            retry_after: Duration::ZERO,
+        },
+        Refusal::SoldOut,
+        Refusal::NotStarted,
+        Refusal::Ended,
+        Refusal::Overloaded,
+    ]
+    .map(|refusal| problem_body(&ApiError::Refused(refusal).parts()))
+});
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let parts = self.parts();
         if parts.status.is_server_error() {
             tracing::warn!(error = %self, code = parts.code, "request failed");
         }
-        let problem = Problem {
-            kind: format!("urn:flashsale:problem:{}", parts.code),
-            title: parts.title.to_owned(),
-            status: parts.status.as_u16(),
-            detail: parts.detail,
-            code: parts.code.to_owned(),
+        let body = match &self {
+            Self::Refused(refusal) => REFUSAL_BODIES[match refusal {
+                Refusal::RateLimited { .. } => 0,
+                Refusal::SoldOut => 1,
+                Refusal::NotStarted => 2,
+                Refusal::Ended => 3,
+                Refusal::Overloaded => 4,
+            }]
+            .clone(),
+            _ => problem_body(&parts),
         };
-        let body = serde_json::to_vec(&problem).expect("a problem serializes");
         let mut response = (parts.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(

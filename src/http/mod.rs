@@ -66,10 +66,7 @@ pub struct AppState {
 impl AppState {
     /// Counts a refusal and turns it into its problem.
     fn refused(&self, refusal: Refusal) -> ApiError {
-        self.metrics
-            .refusals
-            .with_label_values(&[refusal.reason()])
-            .inc();
+        self.metrics.refused(refusal.reason());
         ApiError::Refused(refusal)
     }
 

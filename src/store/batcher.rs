@@ -53,9 +53,21 @@ impl Store {
     }
 
     fn queue(&self, sku: &Sku, shard: u16) -> mpsc::Sender<Pending> {
-        let mut queues = self.inner.queues.lock();
+        // The hot path only reads: no lock held for writing, no key built.
+        if let Some(sender) = self
+            .inner
+            .queues
+            .read()
+            .get(sku)
+            .and_then(|q| q.get(&shard))
+        {
+            return sender.clone();
+        }
+        let mut queues = self.inner.queues.write();
         queues
-            .entry((sku.clone(), shard))
+            .entry(sku.clone())
+            .or_default()
+            .entry(shard)
             .or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(QUEUE);
                 tokio::spawn(drain(Arc::downgrade(&self.inner), shard, receiver));

@@ -94,7 +94,7 @@ struct Inner {
     /// in-memory checks (the sale window) judge by Redis's clock, as the scripts do.
     clock_offset_ms: AtomicI64,
     /// The reserve queue of each (SKU, shard) in use (see `batcher.rs`).
-    queues: Mutex<HashMap<ShardOf, tokio::sync::mpsc::Sender<batcher::Pending>>>,
+    queues: RwLock<HashMap<Sku, HashMap<u16, tokio::sync::mpsc::Sender<batcher::Pending>>>>,
 }
 
 fn parse<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
@@ -120,7 +120,7 @@ impl Store {
                 scripts: Scripts::new(),
                 configs: RwLock::new(HashMap::new()),
                 refill_locks: Mutex::new(HashMap::new()),
-                queues: Mutex::new(HashMap::new()),
+                queues: RwLock::new(HashMap::new()),
                 clock_offset_ms: AtomicI64::new(0),
             }),
         })
