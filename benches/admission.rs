@@ -237,7 +237,7 @@ mod sold_out {
             &ids,
         );
         assert!(admission.mark_sold_out(&ids.sku));
-        admission.set_recorded_keys(&ids.sku, HashSet::new());
+        admission.set_recorded_keys(&ids.sku, 0, HashSet::new());
         group.bench_function("refusal_from_memory", |b| {
             b.iter(|| {
                 let refused =

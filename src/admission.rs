@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ pub struct Gate {
     ends_at_ms: Option<u64>,
     /// Set when the store found no unit in any shard; cleared when units come back.
     sold_out: AtomicBool,
+    /// How many times the sold-out flag was lowered: keys read before a lowering are stale.
+    reopenings: AtomicU64,
     /// Keys recorded in Redis when the SKU closed, by user; `None` until loaded. By user so
     /// that a lookup needs no allocation on the sold-out path.
     recorded_keys: RwLock<Option<Arc<KeysByUser>>>,
@@ -245,13 +247,23 @@ impl Admission {
     pub fn clear_sold_out(&self, sku: &Sku) {
         if let Some(gate) = self.gate(sku) {
             if gate.sold_out.swap(false, Ordering::AcqRel) {
+                gate.reopenings.fetch_add(1, Ordering::AcqRel);
                 *gate.recorded_keys.write() = None;
             }
         }
     }
 
-    /// Stores the keys Redis recorded for a closed SKU, as `<user>:<key>` fields.
-    pub fn set_recorded_keys(&self, sku: &Sku, fields: HashSet<String>) {
+    /// The SKU's reopening count, to pass to [`Admission::set_recorded_keys`] with keys read
+    /// after it.
+    pub fn reopenings(&self, sku: &Sku) -> u64 {
+        self.gate(sku)
+            .map_or(0, |gate| gate.reopenings.load(Ordering::Acquire))
+    }
+
+    /// Stores the keys Redis recorded for a closed SKU, as `<user>:<key>` fields, read when
+    /// the SKU's reopening count was `reopenings`; keys read before a reopening are dropped,
+    /// as reservations may have been made since.
+    pub fn set_recorded_keys(&self, sku: &Sku, reopenings: u64, fields: HashSet<String>) {
         let mut by_user: HashMap<String, HashSet<String>> = HashMap::new();
         for field in fields {
             if let Some((user, key)) = field.split_once(':') {
@@ -262,7 +274,10 @@ impl Admission {
             }
         }
         if let Some(gate) = self.gate(sku) {
-            *gate.recorded_keys.write() = Some(Arc::new(by_user));
+            let mut keys = gate.recorded_keys.write();
+            if gate.reopenings.load(Ordering::Acquire) == reopenings {
+                *keys = Some(Arc::new(by_user));
+            }
         }
     }
 
@@ -361,7 +376,7 @@ mod tests {
         assert!(!admission.mark_sold_out(&sku), "already up");
         // Keys not loaded yet: let through, the store knows (a token is spent).
         drop(admission.admit_reserve(&sku, &bob, &key, 1_500).unwrap());
-        admission.set_recorded_keys(&sku, HashSet::from(["ann:k".to_owned()]));
+        admission.set_recorded_keys(&sku, 0, HashSet::from(["ann:k".to_owned()]));
         for _ in 0..5 {
             assert_eq!(
                 admission
@@ -387,6 +402,27 @@ mod tests {
         assert!(
             !admission.gate(&sku).unwrap().keys_loaded(),
             "keys dropped with the flag"
+        );
+    }
+
+    #[test]
+    fn keys_read_before_a_reopening_are_not_used() {
+        let admission = Admission::new(&config(100));
+        let (sku, user, key) = ids();
+        admission.know(&sku_config(None, None));
+        admission.mark_sold_out(&sku);
+        let before = admission.reopenings(&sku);
+        // Units came back (and may have been reserved) while the keys were being read.
+        admission.clear_sold_out(&sku);
+        admission.mark_sold_out(&sku);
+        admission.set_recorded_keys(&sku, before, HashSet::new());
+        assert!(!admission.gate(&sku).unwrap().keys_loaded());
+        // So reserves still go to the store, which knows.
+        assert!(admission.admit_reserve(&sku, &user, &key, 0).is_ok());
+        admission.set_recorded_keys(&sku, admission.reopenings(&sku), HashSet::new());
+        assert_eq!(
+            admission.admit_reserve(&sku, &user, &key, 0).unwrap_err(),
+            Refusal::SoldOut
         );
     }
 }

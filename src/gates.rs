@@ -32,8 +32,9 @@ pub async fn refresh(store: &Store, admission: &Admission) -> Result<(), StoreEr
             continue;
         }
         if !gate.keys_loaded() {
+            let reopenings = admission.reopenings(&sku);
             let keys = store.recorded_keys(&sku).await?;
-            admission.set_recorded_keys(&sku, keys);
+            admission.set_recorded_keys(&sku, reopenings, keys);
         }
     }
     Ok(())

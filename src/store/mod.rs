@@ -89,7 +89,7 @@ struct Inner {
     configs: RwLock<HashMap<Sku, Arc<SkuConfig>>>,
     /// One async lock per (SKU, shard) so that concurrent reserves on an empty shard wait
     /// for one stock move instead of each starting their own.
-    refill_locks: Mutex<HashMap<ShardOf, Arc<tokio::sync::Mutex<()>>>>,
+    refill_locks: Mutex<HashMap<ShardOf, Arc<tokio::sync::Mutex<moves::LastRefill>>>>,
     /// Redis's clock minus ours, in ms, from the time the last script reported: lets
     /// in-memory checks (the sale window) judge by Redis's clock, as the scripts do.
     clock_offset_ms: AtomicI64,
@@ -219,6 +219,7 @@ impl Store {
             .configs
             .write()
             .insert(sku.clone(), Arc::new(config));
+        self.units_returned(sku);
         Ok(if old.is_some() {
             Loaded::Replaced
         } else {
@@ -381,6 +382,7 @@ impl Store {
                 other => return Err(StoreError::from_code(other)),
             }
         }
+        self.units_returned(sku);
         self.totals(sku).await
     }
 
@@ -575,7 +577,11 @@ impl Store {
             .invoke_async(&mut self.connection())
             .await?;
         match StoreError::from_raw(reply.0)? {
-            ScriptCode::Ok | ScriptCode::Replayed => reservation_from(id.sku(), reply, now),
+            ScriptCode::Ok => {
+                self.units_returned(id.sku());
+                reservation_from(id.sku(), reply, now)
+            }
+            ScriptCode::Replayed => reservation_from(id.sku(), reply, now),
             ScriptCode::NoSku | ScriptCode::NotFound => Err(StoreError::NotFound),
             other => Err(StoreError::from_code(other)),
         }
@@ -600,7 +606,11 @@ impl Store {
             .await?;
         match StoreError::from_raw(reply.0)? {
             ScriptCode::Ok | ScriptCode::Replayed if reply.1.is_empty() => Ok(None),
-            ScriptCode::Ok | ScriptCode::Replayed => reservation_from(sku, reply, now).map(Some),
+            ScriptCode::Ok => {
+                self.units_returned(sku);
+                reservation_from(sku, reply, now).map(Some)
+            }
+            ScriptCode::Replayed => reservation_from(sku, reply, now).map(Some),
             ScriptCode::NoSku => {
                 self.forget(sku);
                 Err(StoreError::UnknownSku)
@@ -686,6 +696,9 @@ impl Store {
             let shard_report = self.sweep_shard(sku, shard, max_per_shard).await?;
             report.expired += shard_report.expired;
             report.more |= shard_report.more;
+        }
+        if report.expired > 0 {
+            self.units_returned(sku);
         }
         Ok(report)
     }

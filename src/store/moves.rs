@@ -9,6 +9,7 @@
 //! pending record next ([`Store::complete_moves`]), never lost, never doubled.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
@@ -16,6 +17,12 @@ use super::{parse, Store, StoreError};
 use crate::ids::{random_token, Sku};
 use crate::scripts::ScriptCode;
 use crate::store::SkuConfig;
+
+/// How long a refill's "nothing anywhere" answers the reserves that waited for it.
+const SOLD_OUT_REUSE: Duration = Duration::from_millis(20);
+
+/// The outcome of a shard's latest refill, and when it was reached.
+pub(super) type LastRefill = Option<(Instant, Refill)>;
 
 /// Rounds of "look, then move" one refill makes before it lets its caller try again.
 const MAX_REFILL_ROUNDS: usize = 8;
@@ -44,13 +51,27 @@ pub(super) enum Refill {
 }
 
 impl Store {
-    fn refill_lock(&self, sku: &Sku, shard: u16) -> Arc<tokio::sync::Mutex<()>> {
+    fn refill_lock(&self, sku: &Sku, shard: u16) -> Arc<tokio::sync::Mutex<LastRefill>> {
         self.inner
             .refill_locks
             .lock()
             .entry((sku.clone(), shard))
             .or_default()
             .clone()
+    }
+
+    /// Forgets the SKU's "nothing anywhere" answers: units came back through this store
+    /// (a cancel, a restock, an expiry), so the next refill must look again.
+    pub(super) fn units_returned(&self, sku: &Sku) {
+        let locks = self.inner.refill_locks.lock();
+        for ((of, _), lock) in locks.iter() {
+            if of == sku {
+                // A refill in progress will record a fresh answer of its own.
+                if let Ok(mut last) = lock.try_lock() {
+                    *last = None;
+                }
+            }
+        }
     }
 
     /// Makes at least `need` units available in shard `home`, moving stock from other
@@ -64,7 +85,26 @@ impl Store {
         need: u32,
     ) -> Result<Refill, StoreError> {
         let lock = self.refill_lock(&config.sku, home);
-        let _one_refill_per_shard = lock.lock().await;
+        let mut last = lock.lock().await;
+        // Reserves that queued behind a refill which found the SKU empty share its answer
+        // for a moment instead of each reading every shard again (see ARCHITECTURE.md,
+        // "Sold out").
+        if let Some((at, Refill::Short { available: 0 })) = *last {
+            if at.elapsed() < SOLD_OUT_REUSE {
+                return Ok(Refill::Short { available: 0 });
+            }
+        }
+        let outcome = self.refill_locked(config, home, need).await?;
+        *last = Some((Instant::now(), outcome));
+        Ok(outcome)
+    }
+
+    async fn refill_locked(
+        &self,
+        config: &SkuConfig,
+        home: u16,
+        need: u32,
+    ) -> Result<Refill, StoreError> {
         let need = u64::from(need);
         let (mut completed, mut swept) = (false, false);
         for _ in 0..MAX_REFILL_ROUNDS {
