@@ -66,6 +66,8 @@ pub enum Refusal {
     Ended,
     /// Too many Redis calls in flight.
     Overloaded,
+    /// Redis restarted and is not trusted until the audit has compared it with the ledger.
+    Suspended,
 }
 
 impl Refusal {
@@ -76,6 +78,7 @@ impl Refusal {
             Self::SoldOut => "sold_out_flag",
             Self::NotStarted | Self::Ended => "window",
             Self::Overloaded => "in_flight",
+            Self::Suspended => "suspended",
         }
     }
 }
@@ -139,6 +142,8 @@ pub struct Admission {
     max_in_flight: usize,
     gates: RwLock<HashMap<Sku, Arc<Gate>>>,
     clock: DefaultClock,
+    /// Set while Redis is not trusted (see [`Admission::suspend`]).
+    suspended: AtomicBool,
 }
 
 impl Admission {
@@ -151,6 +156,7 @@ impl Admission {
             max_in_flight: config.max_in_flight,
             gates: RwLock::new(HashMap::new()),
             clock: DefaultClock::default(),
+            suspended: AtomicBool::new(false),
         }
     }
 
@@ -164,6 +170,9 @@ impl Admission {
         key: &IdempotencyKey,
         now_ms: u64,
     ) -> Result<OwnedSemaphorePermit, Refusal> {
+        if self.is_suspended() {
+            return Err(Refusal::Suspended);
+        }
         if let Some(gate) = self.gate(sku) {
             if gate.starts_at_ms.is_some_and(|start| now_ms < start) {
                 return Err(Refusal::NotStarted);
@@ -196,10 +205,30 @@ impl Admission {
 
     /// A permit for one request's Redis calls, if fewer than the bound are in flight.
     pub fn admit_call(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        if self.suspended.load(Ordering::Acquire) {
+            return Err(Refusal::Suspended);
+        }
         self.in_flight
             .clone()
             .try_acquire_owned()
             .map_err(|_| Refusal::Overloaded)
+    }
+
+    /// Refuses every request that would call Redis (503) until [`Admission::resume`]: for
+    /// a Redis that restarted and may have lost writes, nothing is sold on its word until
+    /// the audit has compared it with the ledger.
+    pub fn suspend(&self) {
+        self.suspended.store(true, Ordering::Release);
+    }
+
+    /// Lets requests through again.
+    pub fn resume(&self) {
+        self.suspended.store(false, Ordering::Release);
+    }
+
+    /// Whether requests are refused while Redis is checked.
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Acquire)
     }
 
     /// Requests with Redis calls in flight now.

@@ -81,9 +81,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLASHSALE_AUDIT_INTERVAL_S", default_value_t = 10)]
     pub audit_interval_s: u64,
 
-    /// When the quick audit finds that Redis lost data, repair it from the ledger.
-    #[arg(long, env = "FLASHSALE_AUDIT_REPAIR")]
-    pub audit_repair: bool,
+    /// Do not repair Redis from the ledger when it is found to have lost data (after a
+    /// restart, or by the quick audit): requests then stay suspended until someone runs
+    /// `flashsale audit --repair`.
+    #[arg(long, env = "FLASHSALE_NO_AUDIT_REPAIR")]
+    pub no_audit_repair: bool,
 
     /// Bearer token for the admin routes (load, restock). Without one they refuse everyone.
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
@@ -141,7 +143,7 @@ impl ServeConfig {
             ledger: LedgerArgs { database_url: None },
             no_reconcile: false,
             audit_interval_s: 10,
-            audit_repair: false,
+            no_audit_repair: false,
             admin_token: None,
             rate_global: 200_000,
             burst_global: 20_000,

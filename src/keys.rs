@@ -67,6 +67,12 @@ impl KeySpace {
         format!("{}{{{sku}}}:meta", self.prefix)
     }
 
+    /// The run id of the Redis the engines last checked against the ledger: a different
+    /// one means Redis restarted since, and may have lost writes.
+    pub fn identity(&self) -> String {
+        format!("{}redis-identity", self.prefix)
+    }
+
     /// The set of loaded SKUs, walked by the background sweeper.
     pub fn registry(&self) -> String {
         format!("{}skus", self.prefix)

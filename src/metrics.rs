@@ -18,11 +18,12 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Request latency by route, method and outcome.
     pub request_seconds: HistogramVec,
-    /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window).
+    /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window,
+    /// suspended).
     pub refusals: IntCounterVec,
     /// The refusal counters resolved once (a label lookup per refusal costs a hash and a
     /// lock on the path that sheds load).
-    refusal_by_reason: [(&'static str, IntCounter); 4],
+    refusal_by_reason: [(&'static str, IntCounter); 5],
     /// Latency of the store's Redis calls, by operation.
     pub redis_seconds: HistogramVec,
     /// Requests with Redis calls in flight.
@@ -131,7 +132,7 @@ impl Metrics {
         ] {
             registry.register(collector).expect("unique metric");
         }
-        let refusal_by_reason = ["rate", "sold_out_flag", "window", "in_flight"]
+        let refusal_by_reason = ["rate", "sold_out_flag", "window", "in_flight", "suspended"]
             .map(|reason| (reason, refusals.with_label_values(&[reason])));
         Self {
             registry,

@@ -442,7 +442,17 @@ impl Reconciler {
         let started = Instant::now();
         self.discover().await?;
         loop {
-            self.turn().await?;
+            match self.turn().await {
+                // A stream recreated under us (Redis restarted or a shard was restored):
+                // make its group again and go on.
+                Err(ReconcileError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                    self.discover().await?;
+                    continue;
+                }
+                other => {
+                    other?;
+                }
+            }
             self.claim_abandoned().await?;
             if self.backlog().await?.is_empty() {
                 return Ok(true);

@@ -200,7 +200,7 @@ impl ApiError {
                 Refusal::SoldOut => (S::CONFLICT, "sold_out", "Sold out", None),
                 Refusal::NotStarted => (S::CONFLICT, "sale_not_started", "Sale not started", None),
                 Refusal::Ended => (S::CONFLICT, "sale_ended", "Sale ended", None),
-                Refusal::Overloaded => (
+                Refusal::Overloaded | Refusal::Suspended => (
                     S::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "Service unavailable",
@@ -247,6 +247,10 @@ impl ApiError {
             Self::Refused(Refusal::Overloaded) => {
                 "too many requests in flight; retry shortly".into()
             }
+            Self::Refused(Refusal::Suspended) => {
+                "redis restarted; the engine is checking it against the ledger; retry shortly"
+                    .into()
+            }
             Self::Refused(Refusal::SoldOut) => StoreError::SoldOut.to_string(),
             Self::Refused(Refusal::NotStarted) => StoreError::NotStarted.to_string(),
             Self::Refused(Refusal::Ended) => StoreError::Ended.to_string(),
@@ -276,7 +280,7 @@ impl Refusal {
             Self::SoldOut => "sold_out",
             Self::NotStarted => "sale_not_started",
             Self::Ended => "sale_ended",
-            Self::Overloaded => "unavailable",
+            Self::Overloaded | Self::Suspended => "unavailable",
         }
     }
 }
@@ -315,7 +319,7 @@ fn problem_body(parts: &Parts) -> Bytes {
 
 /// The bodies of refusals from memory, built once: they are constant (a wait goes in a
 /// header), and once a SKU is sold out they are most of what the service answers.
-static REFUSAL_BODIES: LazyLock<[Bytes; 5]> = LazyLock::new(|| {
+static REFUSAL_BODIES: LazyLock<[Bytes; 6]> = LazyLock::new(|| {
     [
         Refusal::RateLimited {
             retry_after: Duration::ZERO,
@@ -324,6 +328,7 @@ static REFUSAL_BODIES: LazyLock<[Bytes; 5]> = LazyLock::new(|| {
         Refusal::NotStarted,
         Refusal::Ended,
         Refusal::Overloaded,
+        Refusal::Suspended,
     ]
     .map(|refusal| problem_body(&ApiError::Refused(refusal).parts()))
 });
@@ -341,6 +346,7 @@ impl IntoResponse for ApiError {
                 Refusal::NotStarted => 2,
                 Refusal::Ended => 3,
                 Refusal::Overloaded => 4,
+                Refusal::Suspended => 5,
             }]
             .clone(),
             _ => problem_body(&parts),

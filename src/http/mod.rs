@@ -43,6 +43,9 @@ use crate::settlement::{self, SettlementOptions};
 use crate::store::Store;
 use crate::{gates, maintenance};
 
+/// How long start-up waits for the ledger when Redis has to be checked against it.
+const STARTUP_LEDGER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
 
@@ -72,7 +75,17 @@ impl AppState {
 
     /// A permit for one request's Redis calls, within the in-flight bound.
     fn call_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.trusted()?;
         self.admission.admit_call().map_err(|r| self.refused(r))
+    }
+
+    /// Refuses while the store's Redis is suspect (a connection dropped and the gate task
+    /// has not yet checked the Redis that answers now).
+    fn trusted(&self) -> Result<(), ApiError> {
+        if self.store.redis_suspect() {
+            return Err(self.refused(Refusal::Suspended));
+        }
+        Ok(())
     }
 }
 
@@ -220,6 +233,7 @@ impl Application {
         };
         let store = Store::connect(&config.redis.store_options(&redis_url)).await?;
         let redis_url = redis_url.clone();
+        store.sync_clock().await?;
         let admission = Arc::new(Admission::new(&config.admission()));
         for sku in store.skus().await? {
             admission.know(&*store.config(&sku).await?);
@@ -240,7 +254,7 @@ impl Application {
                 reconcile: !config.no_reconcile,
                 audit_every: (config.audit_interval_s > 0)
                     .then(|| std::time::Duration::from_secs(config.audit_interval_s)),
-                audit_repair: config.audit_repair,
+                audit_repair: !config.no_audit_repair,
             };
             settlement::spawn(
                 options,
@@ -250,10 +264,22 @@ impl Application {
                 stopped,
             )
         });
+        // A Redis never checked against the ledger is not served from until it is.
+        let trust = gates::Trust {
+            ledger: state.ledger.clone(),
+            ledger_expected: config.ledger.database_url.is_some(),
+            repair: !config.no_audit_repair,
+        };
+        if !gates::check_identity(&state.store, &admission, &trust).await? {
+            // A Redis not yet checked: give the ledger a moment to connect and check it
+            // before serving (if it does not come, the service starts suspended).
+            trust.ledger_ready(STARTUP_LEDGER_WAIT).await;
+            gates::check_identity(&state.store, &admission, &trust).await?;
+        }
         let listener = TcpListener::bind(config.listen).await?;
         let background = vec![
             maintenance::spawn(store.clone(), config.sweep_interval()),
-            gates::spawn(store, admission, config.sold_out_poll()),
+            gates::spawn(store, admission, config.sold_out_poll(), trust),
         ];
         Ok(Self {
             router: router(state.clone()),

@@ -178,6 +178,7 @@ pub async fn reserve(
     if request.quantity == 0 {
         return Err(StoreError::InvalidQuantity.into());
     }
+    state.trusted()?;
     let permit = state
         .admission
         .admit_reserve(

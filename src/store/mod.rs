@@ -90,6 +90,8 @@ struct Inner {
     /// One async lock per (SKU, shard) so that concurrent reserves on an empty shard wait
     /// for one stock move instead of each starting their own.
     refill_locks: Mutex<HashMap<ShardOf, Arc<tokio::sync::Mutex<moves::LastRefill>>>>,
+    /// Set when a connection to Redis dropped (see `connection.rs`).
+    suspect: Arc<std::sync::atomic::AtomicBool>,
     /// Redis's clock minus ours, in ms, from the time the last script reported: lets
     /// in-memory checks (the sale window) judge by Redis's clock, as the scripts do.
     clock_offset_ms: AtomicI64,
@@ -122,6 +124,7 @@ impl Store {
                 refill_locks: Mutex::new(HashMap::new()),
                 queues: RwLock::new(HashMap::new()),
                 clock_offset_ms: AtomicI64::new(0),
+                suspect: Arc::default(),
             }),
         })
     }
@@ -133,13 +136,38 @@ impl Store {
 
     /// A handle on the shared multiplexed connection.
     pub fn connection(&self) -> StoreConnection {
-        StoreConnection(self.inner.conn.clone())
+        StoreConnection {
+            manager: self.inner.conn.clone(),
+            suspect: self.inner.suspect.clone(),
+        }
+    }
+
+    /// Whether a connection to Redis dropped since the last [`Store::trust_redis`]: the
+    /// Redis answering now may be a restarted one that lost writes.
+    pub fn redis_suspect(&self) -> bool {
+        self.inner.suspect.load(Ordering::Acquire)
+    }
+
+    /// Clears the suspect flag, once the Redis answering now was checked.
+    pub fn trust_redis(&self) {
+        self.inner.suspect.store(false, Ordering::Release);
     }
 
     /// Redis's time now, in ms since the epoch, as last learnt from a script's reply.
     pub fn redis_now_ms(&self) -> u64 {
         let offset = self.inner.clock_offset_ms.load(Ordering::Relaxed);
         local_now_ms().saturating_add_signed(offset)
+    }
+
+    /// Reads Redis's clock now, so that in-memory checks judge by it even when no script
+    /// has answered lately (a sale window refused from memory would otherwise never learn).
+    pub async fn sync_clock(&self) -> Result<u64, StoreError> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.connection())
+            .await?;
+        let now = secs * 1000 + micros / 1000;
+        self.observe_redis_time(now);
+        Ok(now)
     }
 
     fn observe_redis_time(&self, redis_now_ms: u64) {
@@ -335,6 +363,33 @@ impl Store {
 
     fn forget(&self, sku: &Sku) {
         self.inner.configs.write().remove(sku);
+    }
+
+    /// This Redis's run id (new at every restart) and the run id the engines last checked
+    /// against the ledger, if any.
+    pub async fn redis_identity(&self) -> Result<(String, Option<String>), StoreError> {
+        let (info, marker): (String, Option<String>) = redis::pipe()
+            .cmd("INFO")
+            .arg("server")
+            .get(self.inner.keys.identity())
+            .query_async(&mut self.connection())
+            .await?;
+        let run_id = info
+            .lines()
+            .find_map(|line| line.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_owned())
+            .ok_or_else(|| StoreError::Protocol("INFO server has no run_id".into()))?;
+        Ok((run_id, marker))
+    }
+
+    /// Records that this Redis (by run id) was checked against the ledger.
+    pub async fn mark_identity(&self, run_id: &str) -> Result<(), StoreError> {
+        redis::cmd("SET")
+            .arg(self.inner.keys.identity())
+            .arg(run_id)
+            .exec_async(&mut self.connection())
+            .await?;
+        Ok(())
     }
 
     /// Every loaded SKU.

@@ -161,9 +161,11 @@ async fn a_reconciler_killed_mid_batch_loses_nothing_and_doubles_nothing() {
 async fn redis_restarted_without_aof_is_rebuilt_from_the_ledger() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/ledger.db", dir.path().display());
+    // Repair left to the operator: the engine must not sell on a Redis that lost data.
     let mut app = TestApp::spawn_with(|c| {
         c.ledger.database_url = Some(url.clone());
         c.audit_interval_s = 0;
+        c.no_audit_repair = true;
     })
     .await;
     app.put_sku("sale", json!({ "stock": 100, "shards": 4 }))
@@ -186,20 +188,18 @@ async fn redis_restarted_without_aof_is_rebuilt_from_the_ledger() {
     let (store, ledger, reconciler) = inspect(&app, &url).await;
     assert!(reconciler.drain(Duration::from_secs(30)).await.unwrap());
 
-    // Redis comes back empty.
+    // Redis comes back empty: the engine notices the new Redis, finds it lost data, and
+    // refuses to sell on it.
     app.redis.restart().unwrap();
-    let gone = loop {
-        let reply = app.reserve("sale", "new", 1, "k").await;
-        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(
-        gone.code(),
-        "sku_not_found",
-        "nothing can be sold before the repair"
-    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..5 {
+        let refused = app.reserve("sale", &format!("new{n}"), 1, "k").await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            "nothing can be sold before the repair"
+        );
+    }
     let report = audit::run(&store, &ledger, None, false).await.unwrap();
     let kinds = report.by_kind();
     assert_eq!(
@@ -226,6 +226,17 @@ async fn redis_restarted_without_aof_is_rebuilt_from_the_ledger() {
         .await
         .unwrap();
     assert!(after.drifts.is_empty(), "{after}");
+    // The engine sees the repaired Redis check out against the ledger and serves again.
+    let started = std::time::Instant::now();
+    while app.get_sku("sale").await.status != StatusCode::OK
+        || app.reserve("sale", "probe", 1, "k").await.status == StatusCode::SERVICE_UNAVAILABLE
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the engine stayed suspended"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     for id in &confirmed {
         assert_eq!(
@@ -242,9 +253,10 @@ async fn redis_restarted_without_aof_is_rebuilt_from_the_ledger() {
         "reservation_cancelled"
     );
     let sku = app.get_sku("sale").await;
+    // 20 sold and 20 held before the crash, and the probe's hold since.
     assert_eq!(
         (sku.body["sold"].as_u64(), sku.body["held"].as_u64()),
-        (Some(20), Some(20))
+        (Some(20), Some(21))
     );
 
     // The sale goes on to the end: the 60 units left sell once, no more.
@@ -257,14 +269,68 @@ async fn redis_restarted_without_aof_is_rebuilt_from_the_ledger() {
             bought += 1;
         }
     }
-    assert_eq!(bought, 60);
+    assert_eq!(bought, 59);
     let sku = app.get_sku("sale").await;
     assert_eq!(
         (sku.body["sold"].as_u64(), sku.body["available"].as_u64()),
-        (Some(80), Some(0))
+        (Some(79), Some(0))
     );
     let end = audit::run(&store, &ledger, Some(&reconciler), false)
         .await
         .unwrap();
     assert!(end.drifts.is_empty(), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_engine_repairs_a_restarted_redis_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/ledger.db", dir.path().display());
+    let mut app = TestApp::spawn_with(|c| {
+        c.ledger.database_url = Some(url.clone());
+        c.audit_interval_s = 0;
+    })
+    .await;
+    app.put_sku("sale", json!({ "stock": 30, "shards": 2 }))
+        .await;
+    let mut confirmed = Vec::new();
+    for n in 0..20 {
+        let reply = app.reserve("sale", &format!("u{n}"), 1, "k").await;
+        let id = reply.body["reservation_id"].as_str().unwrap().to_owned();
+        app.confirm(&id).await;
+        confirmed.push(id);
+    }
+    let (store, ledger, reconciler) = inspect(&app, &url).await;
+    assert!(reconciler.drain(Duration::from_secs(30)).await.unwrap());
+
+    app.redis.restart().unwrap();
+    // Requests are refused (503) while the engine checks the new Redis and rebuilds it.
+    let started = std::time::Instant::now();
+    let first = loop {
+        let reply = app.reserve("sale", "after", 1, "k").await;
+        if reply.status != StatusCode::SERVICE_UNAVAILABLE {
+            break reply;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    for id in &confirmed {
+        assert_eq!(app.get(id).await.body["status"], "confirmed");
+    }
+    let sku = app.get_sku("sale").await;
+    assert_eq!(
+        (
+            sku.body["sold"].as_u64(),
+            sku.body["held"].as_u64(),
+            sku.body["available"].as_u64()
+        ),
+        (Some(20), Some(1), Some(9))
+    );
+    let after = audit::run(&store, &ledger, Some(&reconciler), false)
+        .await
+        .unwrap();
+    assert!(after.drifts.is_empty(), "{after}");
 }
