@@ -28,11 +28,14 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
     /// The SKU.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
     /// The buyer.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub user_id: String,
     /// Units (default 1; at most the SKU's per-user limit).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: u32,
 }
 
@@ -41,10 +44,13 @@ pub struct ReserveBody {
 #[serde(deny_unknown_fields)]
 pub struct CancelByKeyBody {
     /// The SKU.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
     /// The buyer.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub user_id: String,
     /// The key the reserve was (or would have been) sent with.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub idempotency_key: String,
 }
 
@@ -149,7 +155,7 @@ async fn timed<T>(
     post,
     path = "/v1/reservations",
     tag = "reservations",
-    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-]; a repeat with the same key and body returns the original reservation")),
+    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-]; a repeat with the same key and body returns the original reservation", pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = ReserveBody,
     responses(
         (status = 201, description = "Held; or an idempotent repeat (header Idempotent-Replayed: true), as the reservation is now", body = ReservationView),
@@ -236,7 +242,7 @@ pub async fn reserve(
     get,
     path = "/v1/reservations/{id}",
     tag = "reservations",
-    params(("id" = String, Path, description = "Reservation id")),
+    params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "The reservation", body = ReservationView),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
@@ -259,7 +265,7 @@ pub async fn get_reservation(
     post,
     path = "/v1/reservations/{id}/confirm",
     tag = "reservations",
-    params(("id" = String, Path, description = "Reservation id")),
+    params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "Confirmed (now or before)", body = ReservationView),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
@@ -283,7 +289,7 @@ pub async fn confirm(
     post,
     path = "/v1/reservations/{id}/cancel",
     tag = "reservations",
-    params(("id" = String, Path, description = "Reservation id")),
+    params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "Cancelled (now or before), or found expired", body = ReservationView),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),

@@ -19,16 +19,22 @@ use crate::store::{Loaded, SkuConfig, SkuSpec, Totals, MAX_HOLD};
 #[serde(deny_unknown_fields)]
 pub struct SkuBody {
     /// Units on sale.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub stock: u64,
     /// Units one user may hold or buy (default 1).
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub per_user_limit: Option<u32>,
     /// How long a hold lasts, in seconds (default 600; fractions allowed, at most a day).
+    #[schema(minimum = 0.001, maximum = 86_400)]
     pub hold_seconds: Option<f64>,
     /// Shards the stock is split over (default: chosen from the stock).
+    #[schema(minimum = 1, maximum = 1024)]
     pub shards: Option<u16>,
     /// When the sale opens (RFC 3339); open at once when absent.
+    #[schema(format = DateTime)]
     pub starts_at: Option<String>,
-    /// When the sale closes (RFC 3339); never when absent.
+    /// When the sale closes (RFC 3339, after `starts_at`); never when absent.
+    #[schema(format = DateTime)]
     pub ends_at: Option<String>,
 }
 
@@ -37,8 +43,10 @@ pub struct SkuBody {
 #[serde(deny_unknown_fields)]
 pub struct RestockBody {
     /// Units to add (at least 1).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
     pub quantity: u64,
     /// Makes the restock idempotent: the same id again adds nothing more.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub operation_id: Option<String>,
 }
 
@@ -170,7 +178,7 @@ async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> 
     put,
     path = "/v1/skus/{sku}",
     tag = "skus",
-    params(("sku" = String, Path, description = "SKU id: 1-64 of [A-Za-z0-9._-]")),
+    params(("sku" = String, Path, description = "SKU id: 1-64 of [A-Za-z0-9._-]", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     request_body = SkuBody,
     security(("admin_token" = [])),
     responses(
@@ -225,7 +233,7 @@ pub async fn put_sku(
     get,
     path = "/v1/skus/{sku}",
     tag = "skus",
-    params(("sku" = String, Path, description = "SKU id")),
+    params(("sku" = String, Path, description = "SKU id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses(
         (status = 200, description = "The SKU", body = SkuView),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
@@ -246,7 +254,7 @@ pub async fn get_sku(
     post,
     path = "/v1/skus/{sku}/restock",
     tag = "skus",
-    params(("sku" = String, Path, description = "SKU id")),
+    params(("sku" = String, Path, description = "SKU id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     request_body = RestockBody,
     security(("admin_token" = [])),
     responses(

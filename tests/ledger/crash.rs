@@ -155,6 +155,10 @@ async fn a_reconciler_killed_mid_batch_loses_nothing_and_doubles_nothing() {
     let report = audit::run(&store, &ledger, None, false).await.unwrap();
     assert!(report.drifts.is_empty(), "{report}");
     assert_eq!(ledger.figures("tv").await.unwrap().sold, 4_000);
+    println!(
+        "reconciler SIGKILL: killed with {at_kill} of {expected} events settled, restarted, \
+         {settled} settled in the end, doubled 0, lost 0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -114,6 +114,11 @@ async fn the_sale_goes_on_while_postgres_is_down_and_the_ledger_catches_up() {
         "lag during the outage: {lag_at_worst} s"
     );
     assert!(recovered < 1.0, "lag after the outage: {recovered} s");
+    println!(
+        "postgres down 10 s: {during} reserves made during the outage, 0 failed, lag at worst \
+         {lag_at_worst:.1} s, {recovered:.2} s {:.1} s after the database came back",
+        started.elapsed().as_secs_f64()
+    );
 
     let (store, ledger, reconciler) = inspect(&app, &url).await;
     assert!(reconciler.drain(Duration::from_secs(60)).await.unwrap());
