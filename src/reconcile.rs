@@ -482,24 +482,41 @@ impl Reconciler {
     }
 
     async fn housekeeping(&self) -> Result<(), ReconcileError> {
-        self.measure().await?;
+        self.discover().await?;
         self.trim().await?;
         self.claim_abandoned().await?;
         Ok(())
     }
 
     /// Runs until `shutdown` turns true: turns, with housekeeping every interval, and
-    /// back-off with jitter while Redis or the database fails.
+    /// back-off with jitter while Redis or the database fails. The lag is measured by a
+    /// task of its own, every interval, so that a turn stuck on a database that does not
+    /// answer does not stop it from being reported, which is exactly when it grows.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let measurer = {
+            let (this, mut shutdown) = (this.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !*shutdown.borrow() {
+                    if let Err(error) = this.measure().await {
+                        tracing::debug!(%error, "lag not measured");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(this.options.housekeeping) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            })
+        };
         let mut backoff = Duration::from_millis(100);
         let mut last_housekeeping: Option<Instant> = None;
         while !*shutdown.borrow() {
-            let due = last_housekeeping.is_none_or(|t| t.elapsed() >= self.options.housekeeping);
+            let due = last_housekeeping.is_none_or(|t| t.elapsed() >= this.options.housekeeping);
             let result = async {
                 if due {
-                    self.housekeeping().await?;
+                    this.housekeeping().await?;
                 }
-                self.turn().await
+                this.turn().await
             }
             .await;
             if due {
@@ -509,25 +526,18 @@ impl Reconciler {
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "reconciler turn failed");
-                    if let Some(metrics) = &self.metrics {
+                    if let Some(metrics) = &this.metrics {
                         metrics.reconciler_errors.inc();
                     }
                     let jitter = rand::rng().random_range(0.5..1.5);
-                    let resume = Instant::now() + backoff.mul_f64(jitter);
-                    // The wait is cut into housekeeping intervals so the lag stays reported.
-                    while Instant::now() < resume && !*shutdown.borrow() {
-                        let nap = (resume - Instant::now()).min(self.options.housekeeping);
-                        tokio::select! {
-                            _ = tokio::time::sleep(nap) => {}
-                            _ = shutdown.changed() => {}
-                        }
-                        if let Err(error) = self.measure().await {
-                            tracing::debug!(%error, "lag not measured");
-                        }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                        _ = shutdown.changed() => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+        measurer.abort();
     }
 }
