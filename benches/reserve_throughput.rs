@@ -22,22 +22,6 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Total `usec` and `calls` that `INFO commandstats` reports for EVALSHA.
-fn evalsha_stats(redis: &LocalRedis) -> (u64, u64) {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap_or_default();
-    let line = info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .unwrap_or("");
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("usec="), field("calls="))
-}
-
 fn redis_benchmark(redis: &LocalRedis, clients: u64) -> Option<f64> {
     let sha = redis
         .command(&["SCRIPT", "LOAD", "return redis.call('DECRBY', KEYS[1], 1)"])
@@ -86,7 +70,7 @@ async fn main() {
     for n in 0..100 {
         reserve(&store, &sku, &format!("warm{n}")).await;
     }
-    let (usec_before, calls_before) = evalsha_stats(&redis);
+    let (usec_before, calls_before) = redis.script_stats();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -110,7 +94,7 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let reserves = done.load(Ordering::Relaxed);
-    let (usec_after, calls_after) = evalsha_stats(&redis);
+    let (usec_after, calls_after) = redis.script_stats();
     let store_rate = reserves as f64 / elapsed;
     let usec_per_reserve = (usec_after - usec_before) as f64 / reserves.max(1) as f64;
     let calls_per_reserve = (calls_after - calls_before) as f64 / reserves.max(1) as f64;

@@ -74,6 +74,30 @@ pub struct Drift {
     pub detail: String,
 }
 
+impl Drift {
+    fn new(sku: &str, kind: DriftKind, subject: &str, detail: String) -> Self {
+        Self {
+            sku: sku.to_owned(),
+            kind,
+            subject: subject.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// A SKU's reservations in the ledger, by id.
+async fn settled_by_id(
+    ledger: &Ledger,
+    sku: &Sku,
+) -> Result<HashMap<String, LedgerReservation>, AuditError> {
+    Ok(ledger
+        .reservations(sku.as_str())
+        .await?
+        .into_iter()
+        .map(|r| (r.rid.clone(), r))
+        .collect())
+}
+
 /// What an audit found and did.
 #[derive(Debug, Clone, Default)]
 pub struct AuditReport {
@@ -293,12 +317,7 @@ async fn compare(
     report: &mut AuditReport,
 ) -> Result<Vec<Drift>, AuditError> {
     let name = sku.to_string();
-    let drift = |kind, subject: &str, detail: String| Drift {
-        sku: name.clone(),
-        kind,
-        subject: subject.to_owned(),
-        detail,
-    };
+    let drift = |kind, subject: &str, detail: String| Drift::new(&name, kind, subject, detail);
     let mut drifts = Vec::new();
     match (ledger_sku.is_some(), redis.config.is_some()) {
         (true, false) => drifts.push(drift(
@@ -313,12 +332,7 @@ async fn compare(
         )),
         _ => {}
     }
-    let settled: HashMap<String, LedgerReservation> = ledger
-        .reservations(sku.as_str())
-        .await?
-        .into_iter()
-        .map(|r| (r.rid.clone(), r))
-        .collect();
+    let settled = settled_by_id(ledger, sku).await?;
     report.reservations += settled.len().max(redis.holds.len());
     for (rid, mine) in &settled {
         match redis.holds.get(rid) {
@@ -409,12 +423,7 @@ async fn repair_sku(
     redis: &RedisSide,
 ) -> Result<Result<(), String>, AuditError> {
     // 1. What only Redis has, or has further along, goes to the ledger as repair events.
-    let settled: HashMap<String, LedgerReservation> = ledger
-        .reservations(sku.as_str())
-        .await?
-        .into_iter()
-        .map(|r| (r.rid.clone(), r))
-        .collect();
+    let settled = settled_by_id(ledger, sku).await?;
     let barriers: BTreeSet<(String, String)> =
         ledger.barriers(sku.as_str()).await?.into_iter().collect();
     let now = store.redis_now_ms();
@@ -602,12 +611,8 @@ pub async fn quick_check(store: &Store, ledger: &Ledger) -> Result<Vec<Drift>, A
         let Ok(sku) = Sku::new(sku_rules.sku.as_str()) else {
             continue;
         };
-        let drift = |kind, subject: &str, detail: String| Drift {
-            sku: sku_rules.sku.clone(),
-            kind,
-            subject: subject.to_owned(),
-            detail,
-        };
+        let drift =
+            |kind, subject: &str, detail: String| Drift::new(&sku_rules.sku, kind, subject, detail);
         if store.reload_config(&sku).await?.is_none() {
             drifts.push(drift(
                 DriftKind::SkuMissingInRedis,

@@ -189,6 +189,23 @@ impl LocalRedis {
         Err(last.unwrap_or_else(|| io::Error::other("redis-server did not restart")))
     }
 
+    /// The `usec` and `calls` that `INFO commandstats` counts for `EVALSHA` so far: the
+    /// Redis time spent in scripts, for benchmarks and reports.
+    pub fn script_stats(&self) -> (u64, u64) {
+        let info = self.command(&["INFO", "commandstats"]).unwrap_or_default();
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_evalsha:"))
+            .unwrap_or("");
+        let field = |name: &str| {
+            line.split([':', ','])
+                .find_map(|kv| kv.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("usec="), field("calls="))
+    }
+
     /// Runs one command given as words and returns the raw reply (for tests and reports).
     pub fn command(&self, words: &[&str]) -> io::Result<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;

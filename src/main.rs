@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use flashsale::audit;
-use flashsale::config::{AuditArgs, ReconcileArgs, ServeConfig};
+use flashsale::config::{AuditArgs, LedgerArgs, ReconcileArgs, RedisArgs, ServeConfig};
 use flashsale::demo::{self, DemoOptions};
 use flashsale::http::{shutdown_signal, Application};
 use flashsale::ledger::Ledger;
@@ -55,6 +55,20 @@ struct DemoArgs {
     redis_url: Option<String>,
 }
 
+/// The store and the ledger the `reconcile` and `audit` commands work on.
+async fn connect(
+    redis: &RedisArgs,
+    ledger: &LedgerArgs,
+) -> anyhow::Result<(Store, Ledger, String)> {
+    let url = ledger
+        .database_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
+    let store = Store::connect(&redis.store_options(&redis.redis_url)).await?;
+    let ledger = Ledger::connect(&url).await?;
+    Ok((store, ledger, url))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -70,13 +84,7 @@ async fn main() -> anyhow::Result<()> {
             app.run_until(shutdown_signal()).await?;
         }
         Command::Reconcile(args) => {
-            let url = args
-                .ledger
-                .database_url
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
-            let store = Store::connect(&args.redis.store_options(&args.redis.redis_url)).await?;
-            let ledger = Ledger::connect(&url).await?;
+            let (store, ledger, url) = connect(&args.redis, &args.ledger).await?;
             let reconciler =
                 Reconciler::new(store, &args.redis.redis_url, ledger, args.options(), None)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -87,13 +95,7 @@ async fn main() -> anyhow::Result<()> {
             running.await?;
         }
         Command::Audit(args) => {
-            let url = args
-                .ledger
-                .database_url
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
-            let store = Store::connect(&args.redis.store_options(&args.redis.redis_url)).await?;
-            let ledger = Ledger::connect(&url).await?;
+            let (store, ledger, _) = connect(&args.redis, &args.ledger).await?;
             let reconciler = if args.no_drain {
                 None
             } else {

@@ -18,7 +18,6 @@ use serde_json::json;
 
 use crate::client::{put_json, Call, Target};
 use crate::run::{offer, saturate};
-use crate::sale::script_usec;
 use crate::spawn::{free_port, wait_healthy, Spawned};
 use crate::stats::{Percentiles, Recorder};
 
@@ -199,7 +198,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         &json!({ "stock": 1 }),
     )
     .await?;
-    let (usec_before, calls_before) = script_usec(&engine.redis);
+    let (usec_before, calls_before) = engine.redis.script_stats();
     let reserve = measure(
         "engine POST /v1/reservations",
         &target,
@@ -207,7 +206,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         reserve_call("bench"),
     )
     .await?;
-    let (usec_after, calls_after) = script_usec(&engine.redis);
+    let (usec_after, calls_after) = engine.redis.script_stats();
     let made = reserve.outcomes.get("held").copied().unwrap_or(0).max(1) as f64;
     // The warm-up made reservations too: count them by the SKU's own figures.
     let sku_view = crate::client::Connection::open(&target)

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 
 use flashsale::ledger::Ledger;
-use flashsale::local_redis::LocalRedis;
 use flashsale::store::{Store, StoreOptions};
 use serde_json::json;
 
@@ -37,22 +36,6 @@ pub struct Setup {
     pub out: PathBuf,
     /// Draw the progress bar.
     pub progress: bool,
-}
-
-/// Script microseconds and calls Redis has counted so far (`INFO commandstats`).
-pub fn script_usec(redis: &LocalRedis) -> (u64, u64) {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap_or_default();
-    let line = info
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .unwrap_or("");
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("usec="), field("calls="))
 }
 
 /// Loads the scenario's SKU through the admin API.
@@ -107,11 +90,11 @@ pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Repo
             setup.database_url.clone(),
         ),
     };
-    let before = spawned.as_ref().map(|s| script_usec(&s.redis));
+    let before = spawned.as_ref().map(|s| s.redis.script_stats());
     let outcome = run::replay(&target, scenario, setup.progress).await?;
     let redis_us = match (&spawned, before) {
         (Some(s), Some((usec, _))) if !outcome.book.holds.is_empty() => {
-            let (after, _) = script_usec(&s.redis);
+            let (after, _) = s.redis.script_stats();
             Some((after - usec) as f64 / outcome.book.holds.len() as f64)
         }
         _ => None,

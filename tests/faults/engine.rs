@@ -132,8 +132,30 @@ pub struct Final {
     pub attempts: u32,
 }
 
-/// Sends a reserve until it gets a definite answer (anything but a transport error or a
-/// 503), always with the same idempotency key, as a careful client does.
+/// Sends a request until it gets a definite answer (anything but a transport error or a
+/// 503), always the same request, as a careful client does.
+async fn until_answered(what: &str, send: impl Fn() -> reqwest::RequestBuilder) -> Final {
+    let mut attempts = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        attempts += 1;
+        if let Ok(reply) = send().timeout(Duration::from_secs(3)).send().await {
+            let status = reply.status();
+            if status != StatusCode::SERVICE_UNAVAILABLE {
+                let body = reply.json().await.unwrap_or(Value::Null);
+                return Final {
+                    status,
+                    body,
+                    attempts,
+                };
+            }
+        }
+        assert!(Instant::now() < deadline, "{what}: no answer in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends a reserve until it gets a definite answer, always with the same idempotency key.
 pub async fn reserve_until_answered(
     client: &reqwest::Client,
     base: &str,
@@ -141,56 +163,19 @@ pub async fn reserve_until_answered(
     user: &str,
     key: &str,
 ) -> Final {
-    let mut attempts = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        attempts += 1;
-        let sent = client
+    until_answered(&format!("{user}/{key}"), || {
+        client
             .post(format!("{base}/v1/reservations"))
             .header("idempotency-key", key)
             .json(&json!({ "sku": sku, "user_id": user }))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await;
-        if let Ok(reply) = sent {
-            let status = reply.status();
-            if status != StatusCode::SERVICE_UNAVAILABLE {
-                let body = reply.json().await.unwrap_or(Value::Null);
-                return Final {
-                    status,
-                    body,
-                    attempts,
-                };
-            }
-        }
-        assert!(Instant::now() < deadline, "{user}/{key}: no answer in 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Sends a confirm until it gets a definite answer.
 pub async fn confirm_until_answered(client: &reqwest::Client, base: &str, rid: &str) -> Final {
-    let mut attempts = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        attempts += 1;
-        let sent = client
-            .post(format!("{base}/v1/reservations/{rid}/confirm"))
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await;
-        if let Ok(reply) = sent {
-            let status = reply.status();
-            if status != StatusCode::SERVICE_UNAVAILABLE {
-                let body = reply.json().await.unwrap_or(Value::Null);
-                return Final {
-                    status,
-                    body,
-                    attempts,
-                };
-            }
-        }
-        assert!(Instant::now() < deadline, "{rid}: no answer in 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_answered(rid, || {
+        client.post(format!("{base}/v1/reservations/{rid}/confirm"))
+    })
+    .await
 }
