@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::events::{Entry, Event};
 use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
-use crate::ledger::{Ledger, LedgerError, LedgerRepo, LedgerReservation, LedgerSku};
+use crate::ledger::{state_rank, Ledger, LedgerError, LedgerRepo, LedgerReservation, LedgerSku};
 use crate::reconcile::{ReconcileError, Reconciler};
 use crate::sharding::{home_shard, split};
 use crate::store::{ShardImage, ShardSnapshot, SkuConfig, Store, StoreError};
@@ -173,14 +173,13 @@ pub enum AuditError {
     Reconcile(#[from] ReconcileError),
 }
 
-/// A reservation's state as a rank: a state only moves up (held < expired < cancelled,
-/// confirmed), so the further one is the truer one.
-fn rank(state: &str) -> u8 {
-    match state {
-        "held" | "h" => 1,
-        "expired" | "e" => 2,
-        "cancelled" | "x" | "confirmed" | "c" => 3,
-        _ => 0,
+/// The hold record's letter for a state name (see `lua/prelude.lua`).
+fn state_letter(name: &str) -> &'static str {
+    match name {
+        "held" => "h",
+        "confirmed" => "c",
+        "cancelled" => "x",
+        _ => "e",
     }
 }
 
@@ -429,8 +428,8 @@ async fn repair_sku(
     let now = store.redis_now_ms();
     let mut entries = Vec::new();
     for (rid, hold) in &redis.holds {
-        let behind = settled.get(rid).map_or(0, |r| rank(&r.state));
-        if rank(hold.state) <= behind {
+        let behind = settled.get(rid).map_or(0, |r| state_rank(&r.state));
+        if state_rank(hold.state) <= behind {
             continue;
         }
         let (Ok(id), Ok(user), Ok(key)) = (
@@ -526,12 +525,7 @@ async fn repair_sku(
                 r.rid, r.shard, rules.shards
             )));
         };
-        let letter = match r.state.as_str() {
-            "held" => "h",
-            "confirmed" => "c",
-            "cancelled" => "x",
-            _ => "e",
-        };
+        let letter = state_letter(&r.state);
         let quantity = u64::from(r.quantity);
         match letter {
             "h" => image.units.1 += quantity,

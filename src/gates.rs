@@ -151,18 +151,17 @@ pub fn spawn(
             if store.redis_suspect() {
                 admission.suspend();
             }
-            if !heavy || last_check.elapsed() >= RELOAD_EVERY {
-                last_check = std::time::Instant::now();
-                match check_identity(&store, &admission, &trust).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(error) => {
-                        tracing::warn!(%error, "redis identity check failed");
-                        continue;
-                    }
-                }
-            } else {
+            if heavy && last_check.elapsed() < RELOAD_EVERY {
                 continue;
+            }
+            last_check = std::time::Instant::now();
+            match check_identity(&store, &admission, &trust).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "redis identity check failed");
+                    continue;
+                }
             }
             if let Err(error) = refresh(&store, &admission).await {
                 tracing::warn!(%error, "sold-out refresh failed");

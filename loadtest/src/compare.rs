@@ -141,7 +141,7 @@ async fn measure(
     options: &CompareOptions,
     make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
 ) -> anyhow::Result<Measurement> {
-    // A short warm-up (connections, script cache, JIT-free but cache-warm paths) first.
+    // A short warm-up first: connections open, scripts loaded, caches warm.
     saturate(
         target,
         options.connections,

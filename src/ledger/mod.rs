@@ -114,6 +114,18 @@ impl LedgerFigures {
     }
 }
 
+/// A reservation state's rank, by name or by the hold record's letter: a state only moves
+/// up (held < expired < cancelled | confirmed), so of two accounts the higher rank is the
+/// later one.
+pub(crate) fn state_rank(state: &str) -> u8 {
+    match state {
+        "held" | "h" => 1,
+        "expired" | "e" => 2,
+        "cancelled" | "x" | "confirmed" | "c" => 3,
+        _ => 0,
+    }
+}
+
 /// A stock-changing ledger row, as [`stock_from`] folds them.
 #[derive(Debug, Clone)]
 pub(crate) struct StockRow {

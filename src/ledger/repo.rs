@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use super::{
-    stock_from, Applied, LedgerError, LedgerFigures, LedgerRepo, LedgerReservation, LedgerSku,
-    StockRow,
+    state_rank, stock_from, Applied, LedgerError, LedgerFigures, LedgerRepo, LedgerReservation,
+    LedgerSku, StockRow,
 };
 use crate::events::{Entry, Event};
 
@@ -202,13 +202,6 @@ struct Settled<'a> {
     late: bool,
 }
 
-fn rank(state: &str) -> u8 {
-    match state {
-        "expired" => 1,
-        _ => 2,
-    }
-}
-
 /// Merges the batch's confirmed, cancelled and expired events per reservation.
 fn settle_rows<'a>(fresh: &[&Placed<'a>]) -> Vec<Settled<'a>> {
     let mut merged: HashMap<&str, Settled<'a>> = HashMap::new();
@@ -242,7 +235,7 @@ fn settle_rows<'a>(fresh: &[&Placed<'a>]) -> Vec<Settled<'a>> {
             "cancelled" => row.cancelled_at = Some(placed.at),
             _ => row.expired_at = Some(placed.at),
         }
-        if rank(state) > rank(row.state) {
+        if state_rank(state) > state_rank(row.state) {
             row.state = state;
         }
     }

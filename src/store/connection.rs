@@ -5,7 +5,7 @@
 //! acknowledged writes (an append-only file synced every second, or none). So a drop marks
 //! the store *suspect*: admission refuses requests until the gate task has checked the
 //! Redis it now talks to against the ledger (see `gates.rs`). Reads are sent again once on
-//! the new connection (they change nothing); scripts are not: the request fails with 503
+//! the new connection (they, and the store's few plain writes, are idempotent); scripts are not: the request fails with 503
 //! and the client's retry, with its idempotency key, comes after the check. Timeouts are
 //! not retried either: a stalled Redis must fail requests fast, not twice as slowly.
 
@@ -66,7 +66,8 @@ impl ConnectionLike for StoreConnection {
                 .req_packed_commands(pipeline, offset, count)
                 .await
             {
-                // Pipelines are reads here (the writes are scripts).
+                // The store's pipelines are reads or idempotent writes (a SKU's routing
+                // record); stock only changes in scripts.
                 Err(error) if dropped(&error) => {
                     self.suspect.store(true, Ordering::Release);
                     self.manager

@@ -474,39 +474,30 @@ async fn a_move_cut_short_is_in_transit_until_recovered_once() {
     let h = Harness::start().await;
     let tv = h.sku("tv", spec(10, 2, 1, 60_000)).await;
     let scripts = Scripts::new();
-    let mut conn = h.store.connection();
     let donor = h.store.keys().shard(&tv, 0);
     // The first half of a move, as an engine that crashed right after it would leave it.
-    let (_, _, code, taken): (u64, i64, i64, u64) = scripts
-        .move_out
-        .key(&donor.hash)
-        .key(&donor.deadlines)
-        .key(&donor.events)
-        .key(&donor.moves)
-        .arg("tv")
-        .arg(0)
-        .arg("move-1")
-        .arg(1)
-        .arg(3)
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
+    let move_out = || async {
+        let mut conn = h.store.connection();
+        let reply: (u64, i64, i64, u64) = scripts
+            .move_out
+            .key(&donor.hash)
+            .key(&donor.deadlines)
+            .key(&donor.events)
+            .key(&donor.moves)
+            .arg("tv")
+            .arg(0)
+            .arg("move-1")
+            .arg(1)
+            .arg(3)
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        reply
+    };
+    let (_, _, code, taken) = move_out().await;
     assert_eq!((code, taken), (0, 3));
     // Repeating the first half takes nothing more.
-    let (_, _, code, taken): (u64, i64, i64, u64) = scripts
-        .move_out
-        .key(&donor.hash)
-        .key(&donor.deadlines)
-        .key(&donor.events)
-        .key(&donor.moves)
-        .arg("tv")
-        .arg(0)
-        .arg("move-1")
-        .arg(1)
-        .arg(3)
-        .invoke_async(&mut conn)
-        .await
-        .unwrap();
+    let (_, _, code, taken) = move_out().await;
     assert_eq!((code, taken), (1, 3));
     let t = h.store.totals(&tv).await.unwrap();
     assert_eq!((t.available, t.in_transit), (7, 3));
