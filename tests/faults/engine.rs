@@ -19,6 +19,8 @@ pub struct Engine {
     /// Environment for the process (a shifted clock, say).
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Where the process's log goes; removed with the engine, shown if a test fails.
+    logs: tempfile::TempDir,
 }
 
 impl Engine {
@@ -49,6 +51,10 @@ impl Engine {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
+            logs: tempfile::Builder::new()
+                .prefix("flashsale-engine-")
+                .tempdir()
+                .unwrap(),
         };
         engine.spawn().await;
         engine
@@ -70,10 +76,11 @@ impl Engine {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(
-                std::fs::File::create(
-                    std::env::temp_dir().join(format!("flashsale-engine-{}.log", self.port)),
-                )
-                .unwrap(),
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.log_path())
+                    .unwrap(),
             )
             .spawn()
             .expect("start flashsale serve");
@@ -102,6 +109,10 @@ impl Engine {
         }
     }
 
+    fn log_path(&self) -> std::path::PathBuf {
+        self.logs.path().join("engine.log")
+    }
+
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -121,6 +132,10 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            eprintln!("--- log of the engine on port {}:\n{log}", self.port);
+        }
     }
 }
 
