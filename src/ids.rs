@@ -28,7 +28,7 @@ pub enum IdError {
         max: usize,
     },
     /// A character outside `[A-Za-z0-9._-]`.
-    #[error("{what} may contain only letters, digits, '.', '_' and '-'")]
+    #[error("{what} may contain only ASCII letters and digits, '.', '_' and '-'")]
     BadCharacter {
         /// Which identifier.
         what: &'static str,
@@ -223,6 +223,10 @@ mod tests {
                 what: "sku",
                 max: 64
             })
+        );
+        assert_eq!(
+            UserId::new("José").unwrap_err().to_string(),
+            "user_id may contain only ASCII letters and digits, '.', '_' and '-'"
         );
         assert!(IdempotencyKey::new("k".repeat(128)).is_ok());
         assert!(IdempotencyKey::new("k".repeat(129)).is_err());

@@ -9,7 +9,7 @@ use crate::ids::Sku;
 
 /// Why a key prefix was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key prefix may contain only letters, digits and '.', '_', '-', ':' (got {0:?})")]
+#[error("key prefix may contain only ASCII letters and digits and '.', '_', '-', ':' (got {0:?})")]
 pub struct BadPrefix(pub String);
 
 /// The key names under one prefix: several engines (or tests) can share a Redis under

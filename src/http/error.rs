@@ -85,6 +85,12 @@ pub enum ApiError {
     /// 415: the body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A reserve that got no answer (a 503: Redis failed or stalled, or the engine was
+    /// overloaded or checking a restarted Redis). The hold may have been made all the same,
+    /// so the problem tells the client to retry with the same `Idempotency-Key`, which
+    /// returns that hold rather than making another.
+    #[error("{0}")]
+    ReserveUnanswered(Box<ApiError>),
 }
 
 impl From<IdError> for ApiError {
@@ -148,6 +154,10 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// What a 503 on a reserve adds to its detail.
+const RETRY_SAME_KEY: &str = "; retry with the same Idempotency-Key: if the hold was made, \
+                              the retry returns it instead of making another";
+
 struct Parts {
     status: StatusCode,
     code: &'static str,
@@ -160,8 +170,27 @@ struct Parts {
 const RETRY_SOON: Duration = Duration::from_secs(1);
 
 impl ApiError {
+    /// The error as a reserve answers it: a 503 becomes [`ApiError::ReserveUnanswered`].
+    pub fn on_reserve(self) -> Self {
+        let unanswered = matches!(
+            self,
+            Self::Store(StoreError::Redis(_) | StoreError::Contended)
+                | Self::Refused(Refusal::Overloaded | Refusal::Suspended)
+        );
+        if unanswered {
+            Self::ReserveUnanswered(Box::new(self))
+        } else {
+            self
+        }
+    }
+
     fn parts(&self) -> Parts {
         use StatusCode as S;
+        if let Self::ReserveUnanswered(inner) = self {
+            let mut parts = inner.parts();
+            parts.detail.push_str(RETRY_SAME_KEY);
+            return parts;
+        }
         let (status, code, title, retry_after) = match self {
             Self::Store(error) => {
                 let status = match error {
@@ -175,7 +204,7 @@ impl ApiError {
                     | StoreError::Confirmed
                     | StoreError::SkuLive => S::CONFLICT,
                     StoreError::UnknownSku | StoreError::NotFound => S::NOT_FOUND,
-                    StoreError::InvalidQuantity
+                    StoreError::InvalidQuantity(_)
                     | StoreError::KeyReused
                     | StoreError::InvalidSpec(_) => S::UNPROCESSABLE_ENTITY,
                     StoreError::Expired(_) => S::GONE,
@@ -235,6 +264,7 @@ impl ApiError {
                 "Unsupported media type",
                 None,
             ),
+            Self::ReserveUnanswered(_) => unreachable!("answered above"),
         };
         let detail = match self {
             // Internal causes are logged, not shown.
@@ -317,21 +347,53 @@ fn problem_body(parts: &Parts) -> Bytes {
     Bytes::from(serde_json::to_vec(&problem).expect("a problem serializes"))
 }
 
+/// The refusals from memory, in the order of their cached bodies.
+const REFUSALS: [Refusal; 6] = [
+    Refusal::RateLimited {
+        retry_after: Duration::ZERO,
+    },
+    Refusal::SoldOut,
+    Refusal::NotStarted,
+    Refusal::Ended,
+    Refusal::Overloaded,
+    Refusal::Suspended,
+];
+
+fn refusal_index(refusal: Refusal) -> usize {
+    match refusal {
+        Refusal::RateLimited { .. } => 0,
+        Refusal::SoldOut => 1,
+        Refusal::NotStarted => 2,
+        Refusal::Ended => 3,
+        Refusal::Overloaded => 4,
+        Refusal::Suspended => 5,
+    }
+}
+
 /// The bodies of refusals from memory, built once: they are constant (a wait goes in a
-/// header), and once a SKU is sold out they are most of what the service answers.
-static REFUSAL_BODIES: LazyLock<[Bytes; 6]> = LazyLock::new(|| {
+/// header), and once a SKU is sold out, or the engine overloaded, they are most of what the
+/// service answers. The first row as any route answers them, the second as a reserve does.
+static REFUSAL_BODIES: LazyLock<[[Bytes; 6]; 2]> = LazyLock::new(|| {
     [
-        Refusal::RateLimited {
-            retry_after: Duration::ZERO,
-        },
-        Refusal::SoldOut,
-        Refusal::NotStarted,
-        Refusal::Ended,
-        Refusal::Overloaded,
-        Refusal::Suspended,
+        REFUSALS.map(|refusal| problem_body(&ApiError::Refused(refusal).parts())),
+        REFUSALS.map(|refusal| problem_body(&ApiError::Refused(refusal).on_reserve().parts())),
     ]
-    .map(|refusal| problem_body(&ApiError::Refused(refusal).parts()))
 });
+
+impl ApiError {
+    /// The cached body of a refusal from memory, if this is one.
+    fn cached_body(&self) -> Option<Bytes> {
+        let (row, refusal) = match self {
+            Self::Refused(refusal) => (0, refusal),
+            Self::ReserveUnanswered(inner) => match &**inner {
+                Self::Refused(refusal) => (1, refusal),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(REFUSAL_BODIES[row][refusal_index(*refusal)].clone())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -339,18 +401,7 @@ impl IntoResponse for ApiError {
         if parts.status.is_server_error() {
             tracing::warn!(error = %self, code = parts.code, "request failed");
         }
-        let body = match &self {
-            Self::Refused(refusal) => REFUSAL_BODIES[match refusal {
-                Refusal::RateLimited { .. } => 0,
-                Refusal::SoldOut => 1,
-                Refusal::NotStarted => 2,
-                Refusal::Ended => 3,
-                Refusal::Overloaded => 4,
-                Refusal::Suspended => 5,
-            }]
-            .clone(),
-            _ => problem_body(&parts),
-        };
+        let body = self.cached_body().unwrap_or_else(|| problem_body(&parts));
         let mut response = (parts.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -437,5 +488,32 @@ mod tests {
             (parts.status.as_u16(), parts.retry_after),
             (429, Some(Duration::from_millis(1_200)))
         );
+    }
+
+    #[test]
+    fn a_reserve_left_unanswered_says_to_retry_with_the_same_key() {
+        for error in [
+            ApiError::Store(StoreError::Contended),
+            ApiError::Refused(Refusal::Overloaded),
+            ApiError::Refused(Refusal::Suspended),
+        ] {
+            let plain = error.parts();
+            assert!(!plain.detail.contains("Idempotency-Key"), "{error:?}");
+            let parts = error.on_reserve().parts();
+            assert_eq!((parts.status.as_u16(), parts.code), (503, "unavailable"));
+            assert!(parts.retry_after.is_some());
+            assert!(parts.detail.ends_with(RETRY_SAME_KEY), "{}", parts.detail);
+        }
+        // The cached body of a refusal from memory says it too.
+        let body = ApiError::Refused(Refusal::Overloaded)
+            .on_reserve()
+            .cached_body()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("same Idempotency-Key"));
+        // Answers that are answers are left alone.
+        assert!(matches!(
+            ApiError::Store(StoreError::SoldOut).on_reserve(),
+            ApiError::Store(StoreError::SoldOut)
+        ));
     }
 }

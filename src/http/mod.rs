@@ -7,6 +7,7 @@
 mod error;
 mod extract;
 mod health;
+mod number;
 mod reservations;
 mod skus;
 
@@ -132,14 +133,53 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The OpenAPI document of the API, as JSON.
 pub fn openapi_json() -> serde_json::Value {
-    serde_json::to_value(api().1).expect("the OpenAPI document serializes")
+    document(api().1)
+}
+
+fn document(openapi: utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(openapi).expect("the OpenAPI document serializes");
+    camel_case_links(&mut json);
+    json
+}
+
+/// utoipa 5.5 writes a Link Object's fields in snake case (`operation_id`); OpenAPI names
+/// them `operationId`, `operationRef`, `requestBody`, and tools that follow links (a
+/// stateful fuzzer, a client generator) read only those.
+fn camel_case_links(document: &mut serde_json::Value) {
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    let responses = paths
+        .values_mut()
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut())
+        .filter_map(|operation| operation["responses"].as_object_mut())
+        .flat_map(|responses| responses.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
+            continue;
+        };
+        for link in links
+            .values_mut()
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
 }
 
 /// The whole application: routes, fallbacks, body limit, metrics and tracing layers.
 pub fn router(mut state: AppState) -> Router {
     let (routes, openapi) = api();
-    state.openapi =
-        Arc::new(serde_json::to_value(openapi).expect("the OpenAPI document serializes"));
+    state.openapi = Arc::new(document(openapi));
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -196,15 +236,25 @@ pub fn rfc3339(ms: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Parses an RFC 3339 time given in field `field` into ms since the epoch.
-fn parse_time(field: &str, text: &str) -> Result<u64, ApiError> {
-    let invalid = || ApiError::Invalid {
-        code: "invalid_time",
-        detail: format!("{field} must be an RFC 3339 time after 1970"),
-    };
+/// Parses an RFC 3339 time given in field `field` into ms since the epoch, no earlier than
+/// `earliest`: a sale window edge before 1970 is as good as at the epoch.
+fn parse_time(field: &str, text: &str, earliest: u64) -> Result<u64, ApiError> {
     let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| invalid())?;
-    u64::try_from(time.unix_timestamp_nanos() / 1_000_000).map_err(|_| invalid())
+        .map_err(|_| ApiError::Invalid {
+            code: "invalid_time",
+            detail: format!("{field} must be an RFC 3339 time, such as 2026-11-27T10:00:00Z"),
+        })?;
+    let ms = time.unix_timestamp_nanos() / 1_000_000;
+    Ok(u64::try_from(ms).unwrap_or(0).max(earliest))
+}
+
+/// What a command says when the Redis at `url` does not answer.
+pub fn unreachable_redis(url: &str) -> String {
+    format!(
+        "cannot reach Redis at {url}: start one there, point --redis-url (or \
+         FLASHSALE_REDIS_URL) at one, or try `flashsale serve --spawn-redis` for a private \
+         Redis that lives as long as the engine"
+    )
 }
 
 /// A built service: listener bound, store connected, ready to run.

@@ -10,20 +10,19 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiPath};
+use super::number::RawQuantity;
 use super::{rfc3339, ApiError, AppState, Problem};
 use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
-use crate::store::{HoldState, Reservation, ReserveRequest, StoreError};
+use crate::store::{
+    HoldState, QuantityBound, Reservation, ReserveRequest, StoreError, MAX_PER_USER_LIMIT,
+};
 
 /// The header that makes a reserve idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set on a reserve answered from an earlier one with the same key.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-fn one() -> u32 {
-    1
-}
-
-/// A reserve.
+/// A reserve. Its `Idempotency-Key` is scoped to the pair (`sku`, `user_id`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
@@ -33,10 +32,11 @@ pub struct ReserveBody {
     /// The buyer.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub user_id: String,
-    /// Units (default 1; at most the SKU's per-user limit).
-    #[serde(default = "one")]
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub quantity: u32,
+    /// Units (default 1): a whole number from 1 to the SKU's per-user limit (`2.0` counts
+    /// as 2); any other value is refused with `invalid_quantity`, which names the limit.
+    #[serde(default)]
+    #[schema(value_type = u32, minimum = 1, maximum = 1_000_000)]
+    pub quantity: RawQuantity,
 }
 
 /// A cancel by idempotency key, for a client that never learnt the reservation id.
@@ -125,7 +125,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     })?;
     let text = value.to_str().map_err(|_| ApiError::Invalid {
         code: "invalid_idempotency_key",
-        detail: "idempotency_key may contain only letters, digits, '.', '_' and '-'".into(),
+        detail: "idempotency_key may contain only ASCII letters and digits, '.', '_' and '-'"
+            .into(),
     })?;
     Ok(IdempotencyKey::new(text)?)
 }
@@ -150,23 +151,52 @@ async fn timed<T>(
     result
 }
 
+/// The refusal of a quantity that no reserve of `sku` takes, naming the SKU's limit.
+async fn invalid_quantity(state: &AppState, sku: &Sku) -> ApiError {
+    let permit = match state.call_permit() {
+        Ok(permit) => permit,
+        Err(error) => return error,
+    };
+    let config = state.store.config(sku).await;
+    drop(permit);
+    match config {
+        Ok(config) => {
+            StoreError::InvalidQuantity(QuantityBound::PerUser(config.per_user_limit)).into()
+        }
+        Err(error) => error.into(),
+    }
+}
+
 /// Holds units for a buyer until the SKU's hold time has passed.
+///
+/// Idempotency: the `Idempotency-Key` is scoped to the pair (`sku`, `user_id`), so that the
+/// check runs inside the one atomic script on the user's home shard. Within that scope a
+/// repeat with the same quantity returns the original reservation as it is now (201 with
+/// `Idempotent-Replayed: true`), and a repeat with another quantity is refused with 422
+/// `idempotency_key_reused`. The same key sent with another `sku` or another `user_id` is
+/// another key: it makes a reservation of its own. Keys live as long as the SKU's sale.
 #[utoipa::path(
     post,
     path = "/v1/reservations",
     tag = "reservations",
-    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-]; a repeat with the same key and body returns the original reservation", pattern = "^[A-Za-z0-9._-]{1,128}$")),
+    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-], scoped to (sku, user_id): within that scope a repeat with the same quantity returns the original reservation, one with another quantity is refused (idempotency_key_reused); with another sku or user_id it is another key", pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = ReserveBody,
     responses(
-        (status = 201, description = "Held; or an idempotent repeat (header Idempotent-Replayed: true), as the reservation is now", body = ReservationView),
+        (status = 201, description = "Held; or an idempotent repeat (header Idempotent-Replayed: true), as the reservation is now", body = ReservationView,
+            links(
+                ("GetReservation" = (operation_id = "get_reservation", parameters(("id" = "$response.body#/reservation_id")), description = "Read the reservation")),
+                ("ConfirmReservation" = (operation_id = "confirm", parameters(("id" = "$response.body#/reservation_id")), description = "Confirm the hold (payment succeeded)")),
+                ("CancelReservation" = (operation_id = "cancel", parameters(("id" = "$response.body#/reservation_id")), description = "Cancel the hold; its units go back")),
+            )
+        ),
         (status = 400, description = "missing_idempotency_key, malformed_json", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "sold_out, insufficient_stock, limit_exceeded, sale_not_started, sale_ended, reservation_cancelled (key barred by a cancel)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "idempotency_key_reused (same key, other body), invalid_quantity, invalid ids", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "idempotency_key_reused (the key was used for this sku and user_id with another quantity); invalid_quantity (not a whole number from 1 to the SKU's per-user limit, which the detail names); invalid_sku, invalid_user_id, invalid_idempotency_key; invalid_body", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "rate_limited, with Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable: Redis down or too many requests in flight, with Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "unavailable: Redis down or stalled, or too many requests in flight, with Retry-After. The hold may have been made: retry with the same Idempotency-Key, which returns it rather than making another", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn reserve(
@@ -174,16 +204,32 @@ pub async fn reserve(
     headers: HeaderMap,
     ApiJson(body): ApiJson<ReserveBody>,
 ) -> Result<Response, ApiError> {
+    hold(state, headers, body)
+        .await
+        .map_err(ApiError::on_reserve)
+}
+
+async fn hold(
+    state: AppState,
+    headers: HeaderMap,
+    body: ReserveBody,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    let sku = Sku::new(body.sku)?;
+    let user = UserId::new(body.user_id)?;
+    let quantity = body
+        .quantity
+        .within(1, u64::from(MAX_PER_USER_LIMIT))
+        .and_then(|q| u32::try_from(q).ok());
+    let Some(quantity) = quantity else {
+        return Err(invalid_quantity(&state, &sku).await);
+    };
     let request = ReserveRequest {
-        sku: Sku::new(body.sku)?,
-        user: UserId::new(body.user_id)?,
-        quantity: body.quantity,
+        sku,
+        user,
+        quantity,
         key,
     };
-    if request.quantity == 0 {
-        return Err(StoreError::InvalidQuantity.into());
-    }
     state.trusted()?;
     let permit = state
         .admission

@@ -9,27 +9,33 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{Admin, ApiJson, ApiPath};
+use super::number::{self, RawQuantity};
 use super::{parse_time, rfc3339, ApiError, AppState, Problem};
 use crate::ids::{OpId, Sku};
 use crate::ledger::LedgerRepo;
-use crate::store::{Loaded, SkuConfig, SkuSpec, Totals, MAX_HOLD};
+use crate::store::{
+    Loaded, QuantityBound, SkuConfig, SkuSpec, StoreError, Totals, MAX_HOLD, MAX_STOCK,
+};
 
-/// What a SKU is loaded with.
+/// What a SKU is loaded with. Whole numbers may be written `2` or `2.0`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SkuBody {
     /// Units on sale.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    #[serde(deserialize_with = "number::required")]
+    #[schema(value_type = u64, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub stock: u64,
     /// Units one user may hold or buy (default 1).
-    #[schema(minimum = 1, maximum = 1_000_000)]
-    pub per_user_limit: Option<u32>,
+    #[serde(default, deserialize_with = "number::optional")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 1_000_000)]
+    pub per_user_limit: Option<u64>,
     /// How long a hold lasts, in seconds (default 600; fractions allowed, at most a day).
     #[schema(minimum = 0.001, maximum = 86_400)]
     pub hold_seconds: Option<f64>,
     /// Shards the stock is split over (default: chosen from the stock).
-    #[schema(minimum = 1, maximum = 1024)]
-    pub shards: Option<u16>,
+    #[serde(default, deserialize_with = "number::optional")]
+    #[schema(value_type = Option<u16>, minimum = 1, maximum = 1024)]
+    pub shards: Option<u64>,
     /// When the sale opens (RFC 3339); open at once when absent.
     #[schema(format = DateTime)]
     pub starts_at: Option<String>,
@@ -42,9 +48,10 @@ pub struct SkuBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockBody {
-    /// Units to add (at least 1).
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64)]
-    pub quantity: u64,
+    /// Units to add: a whole number from 1 to 10^12 (`2.0` counts as 2); any other value is
+    /// refused with `invalid_quantity`.
+    #[schema(value_type = u64, minimum = 1, maximum = 1_000_000_000_000_i64)]
+    pub quantity: RawQuantity,
     /// Makes the restock idempotent: the same id again adds nothing more.
     #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub operation_id: Option<String>,
@@ -182,8 +189,12 @@ async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> 
     request_body = SkuBody,
     security(("admin_token" = [])),
     responses(
-        (status = 201, description = "Loaded", body = SkuView),
-        (status = 200, description = "Replaced a SKU that was not live", body = SkuView),
+        (status = 201, description = "Loaded", body = SkuView,
+            links(("GetSku" = (operation_id = "get_sku", parameters(("sku" = "$request.path.sku")), description = "Read the SKU just loaded")))
+        ),
+        (status = 200, description = "Replaced a SKU that was not live", body = SkuView,
+            links(("GetSku" = (operation_id = "get_sku", parameters(("sku" = "$request.path.sku")), description = "Read the SKU just replaced")))
+        ),
         (status = 400, description = "Unreadable body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
@@ -201,20 +212,27 @@ pub async fn put_sku(
     ApiJson(body): ApiJson<SkuBody>,
 ) -> Result<(StatusCode, Json<SkuView>), ApiError> {
     let sku = Sku::new(sku)?;
+    // Out-of-range values saturate here and are refused, with their range named, by the
+    // spec's own validation.
     let spec = SkuSpec {
         stock: body.stock,
-        shards: body.shards,
-        per_user_limit: body.per_user_limit.unwrap_or(1),
+        shards: body.shards.map(|n| u16::try_from(n).unwrap_or(u16::MAX)),
+        per_user_limit: body
+            .per_user_limit
+            .map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX)),
         hold: hold(body.hold_seconds)?,
+        // A start at the epoch (or before) is no start: the sale is open. An end at the epoch
+        // is 1 ms after it, since 0 would mean no end.
         starts_at_ms: body
             .starts_at
             .as_deref()
-            .map(|t| parse_time("starts_at", t))
-            .transpose()?,
+            .map(|t| parse_time("starts_at", t, 0))
+            .transpose()?
+            .filter(|ms| *ms > 0),
         ends_at_ms: body
             .ends_at
             .as_deref()
-            .map(|t| parse_time("ends_at", t))
+            .map(|t| parse_time("ends_at", t, 1))
             .transpose()?,
     };
     let loaded = state.store.load(&sku, &spec).await?;
@@ -276,11 +294,12 @@ pub async fn restock(
     ApiJson(body): ApiJson<RestockBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = Sku::new(sku)?;
+    let quantity = body
+        .quantity
+        .within(0, MAX_STOCK)
+        .ok_or(StoreError::InvalidQuantity(QuantityBound::Restock))?;
     let op = body.operation_id.map(OpId::new).transpose()?;
-    state
-        .store
-        .restock(&sku, body.quantity, op.as_ref())
-        .await?;
+    state.store.restock(&sku, quantity, op.as_ref()).await?;
     state.admission.clear_sold_out(&sku);
     Ok(Json(current_view(&state, &sku).await?))
 }

@@ -2,6 +2,8 @@
 
 use crate::scripts::ScriptCode;
 
+use super::MAX_STOCK;
+
 /// Why a store operation did not do what was asked. Refusals are expected outcomes of a
 /// sale; only [`StoreError::Redis`] and [`StoreError::Protocol`] are failures.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +26,9 @@ pub enum StoreError {
     /// The SKU was never loaded.
     #[error("unknown sku")]
     UnknownSku,
-    /// Quantity outside 1..=per-user limit.
-    #[error("invalid quantity")]
-    InvalidQuantity,
+    /// A quantity that is not a whole number within the operation's bound.
+    #[error("{0}")]
+    InvalidQuantity(QuantityBound),
     /// The idempotency key was used before with other parameters.
     #[error("idempotency key reused with other parameters")]
     KeyReused,
@@ -62,6 +64,27 @@ pub enum StoreError {
     Protocol(String),
 }
 
+/// The quantities an operation takes, named in its `invalid_quantity` refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantityBound {
+    /// A reserve: 1 to the SKU's per-user limit.
+    PerUser(u32),
+    /// A restock: 1 to [`MAX_STOCK`].
+    Restock,
+}
+
+impl std::fmt::Display for QuantityBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::PerUser(limit) => write!(
+                f,
+                "quantity must be a whole number from 1 to {limit}: at most {limit} per user for this SKU"
+            ),
+            Self::Restock => write!(f, "quantity must be a whole number from 1 to {MAX_STOCK}"),
+        }
+    }
+}
+
 /// Why a late confirm failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpiredBecause {
@@ -90,7 +113,7 @@ impl StoreError {
             Self::NotStarted => "sale_not_started",
             Self::Ended => "sale_ended",
             Self::UnknownSku => "sku_not_found",
-            Self::InvalidQuantity => "invalid_quantity",
+            Self::InvalidQuantity(_) => "invalid_quantity",
             Self::KeyReused => "idempotency_key_reused",
             Self::KeyCancelled | Self::Cancelled => "reservation_cancelled",
             Self::NotFound => "reservation_not_found",
@@ -111,7 +134,9 @@ impl StoreError {
             ScriptCode::NotStarted => Self::NotStarted,
             ScriptCode::Ended => Self::Ended,
             ScriptCode::NoSku => Self::UnknownSku,
-            ScriptCode::BadQty => Self::InvalidQuantity,
+            // A reserve answers BAD_QTY itself, naming the SKU's limit; the other script
+            // that can say it is the restock.
+            ScriptCode::BadQty => Self::InvalidQuantity(QuantityBound::Restock),
             ScriptCode::KeyReused => Self::KeyReused,
             ScriptCode::KeyCancelled => Self::KeyCancelled,
             ScriptCode::NotFound => Self::NotFound,
@@ -165,5 +190,17 @@ mod tests {
             ));
         }
         assert!(StoreError::from_raw(99).is_err());
+    }
+
+    #[test]
+    fn an_invalid_quantity_names_its_bound() {
+        assert_eq!(
+            StoreError::InvalidQuantity(QuantityBound::PerUser(5)).to_string(),
+            "quantity must be a whole number from 1 to 5: at most 5 per user for this SKU"
+        );
+        assert_eq!(
+            StoreError::InvalidQuantity(QuantityBound::Restock).to_string(),
+            "quantity must be a whole number from 1 to 1000000000000"
+        );
     }
 }

@@ -33,7 +33,7 @@ use crate::scripts::{RawHold, RawReserve, ScriptCode, Scripts};
 use crate::sharding::{default_shards, home_shard, split};
 
 pub use connection::StoreConnection;
-pub use error::{ExpiredBecause, StoreError};
+pub use error::{ExpiredBecause, QuantityBound, StoreError};
 pub use restore::{ShardImage, ShardSnapshot};
 pub use types::{
     HoldState, Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport,
@@ -413,7 +413,7 @@ impl Store {
         op: Option<&OpId>,
     ) -> Result<Totals, StoreError> {
         if quantity == 0 || quantity > MAX_STOCK {
-            return Err(StoreError::InvalidQuantity);
+            return Err(StoreError::InvalidQuantity(QuantityBound::Restock));
         }
         let config = self.config(sku).await?;
         let op = op.map_or_else(random_token, |op| op.as_str().to_owned());
@@ -488,7 +488,9 @@ impl Store {
     pub async fn reserve(&self, request: &ReserveRequest) -> Result<Reserved, StoreError> {
         let config = self.config(&request.sku).await?;
         if request.quantity == 0 || request.quantity > config.per_user_limit {
-            return Err(StoreError::InvalidQuantity);
+            return Err(StoreError::InvalidQuantity(QuantityBound::PerUser(
+                config.per_user_limit,
+            )));
         }
         let shard = home_shard(&request.user, config.shards);
         for _ in 0..MAX_RESERVE_ROUNDS {
@@ -524,6 +526,13 @@ impl Store {
                 ScriptCode::NoSku => {
                     self.forget(&request.sku);
                     return Err(StoreError::UnknownSku);
+                }
+                ScriptCode::BadQty => {
+                    // The limit changed in Redis since this engine cached it: name the
+                    // new one.
+                    self.forget(&request.sku);
+                    let limit = self.config(&request.sku).await?.per_user_limit;
+                    return Err(StoreError::InvalidQuantity(QuantityBound::PerUser(limit)));
                 }
                 other => return Err(StoreError::from_code(other)),
             }

@@ -5,7 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flashsale::events::Event;
 use flashsale::ids::{OpId, ReservationId};
 use flashsale::scripts::Scripts;
-use flashsale::store::{HoldState, Loaded, SkuSpec, StoreError, Totals};
+use flashsale::store::{
+    HoldState, Loaded, QuantityBound, SkuSpec, Store, StoreError, StoreOptions, Totals,
+};
 
 use crate::support::*;
 
@@ -145,6 +147,15 @@ async fn reserve_holds_replays_and_refuses_each_case_with_its_own_error() {
     assert_eq!(
         refusal(h.store.reserve(&request(&tv, "bob", 3, "k1")).await),
         "invalid_quantity"
+    );
+    assert_eq!(
+        h.store
+            .reserve(&request(&tv, "bob", 3, "k1"))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string(),
+        "quantity must be a whole number from 1 to 2: at most 2 per user for this SKU"
     );
     assert_eq!(
         refusal(
@@ -445,7 +456,7 @@ async fn restock_adds_units_once_per_operation() {
     assert_eq!(h.store.restock(&tv, 1, None).await.unwrap().available, 7);
     assert!(matches!(
         h.store.restock(&tv, 0, None).await,
-        Err(StoreError::InvalidQuantity)
+        Err(StoreError::InvalidQuantity(QuantityBound::Restock))
     ));
     assert!(matches!(
         h.store.restock(&sku("nope"), 1, None).await,
@@ -604,4 +615,25 @@ async fn scripts_are_loaded_again_after_the_cache_is_flushed() {
     assert_eq!(h.redis.command(&["SCRIPT", "FLUSH"]).unwrap(), "+OK");
     h.store.reserve(&request(&tv, "bob", 1, "k")).await.unwrap();
     assert_eq!(h.store.totals(&tv).await.unwrap().held, 2);
+}
+
+#[tokio::test]
+async fn a_quantity_over_a_limit_changed_by_another_engine_names_the_new_limit() {
+    let h = Harness::start().await;
+    let tv = h.sku("tv", spec(10, 1, 3, 60_000)).await;
+    // Another engine (a second store on the same Redis and prefix) cuts the limit to 1;
+    // this one still has 3 cached, so the script is the one to refuse.
+    let mut options = StoreOptions::new(h.redis.url());
+    options.prefix = h.store.keys().prefix().to_owned();
+    let other = Store::connect(&options).await.unwrap();
+    other.load(&tv, &spec(10, 1, 1, 60_000)).await.unwrap();
+    let refused = h.store.reserve(&request(&tv, "ann", 2, "k")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::InvalidQuantity(QuantityBound::PerUser(1)))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(h.store.totals(&tv).await.unwrap().held, 0);
 }

@@ -2,6 +2,7 @@
 //! is checked against the server's own OpenAPI document.
 
 mod routes;
+mod rules;
 mod shedding;
 mod shutdown;
 mod support;

@@ -318,7 +318,7 @@ async fn malformed_requests_get_clear_problems() {
     .await;
     assert_eq!(
         (negative.status, negative.code()),
-        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity")
     );
     let huge_qty = send(
         json_key.clone(),

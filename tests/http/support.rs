@@ -175,13 +175,19 @@ impl TestApp {
     }
 
     pub async fn restock(&self, sku: &str, quantity: u64) -> Reply {
+        self.restock_body(sku, json!({ "quantity": quantity }))
+            .await
+    }
+
+    /// A restock of `sku` with any body.
+    pub async fn restock_body(&self, sku: &str, body: Value) -> Reply {
         let auth = self.admin();
         self.call(
             Method::POST,
             "/v1/skus/{sku}/restock",
             &format!("/v1/skus/{sku}/restock"),
             &[("authorization", &auth)],
-            Some(json!({ "quantity": quantity })),
+            Some(body),
         )
         .await
     }
@@ -198,12 +204,21 @@ impl TestApp {
     }
 
     pub async fn reserve(&self, sku: &str, user: &str, quantity: u32, key: &str) -> Reply {
+        self.reserve_body(
+            key,
+            json!({ "sku": sku, "user_id": user, "quantity": quantity }),
+        )
+        .await
+    }
+
+    /// A reserve with `key` and any body.
+    pub async fn reserve_body(&self, key: &str, body: Value) -> Reply {
         self.call(
             Method::POST,
             "/v1/reservations",
             "/v1/reservations",
             &[("idempotency-key", key)],
-            Some(json!({ "sku": sku, "user_id": user, "quantity": quantity })),
+            Some(body),
         )
         .await
     }
