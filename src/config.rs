@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
@@ -43,16 +44,26 @@ impl RedisArgs {
     }
 }
 
+/// The ledger when no `--database-url` is given (and no private Redis was started).
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://var/flashsale.db";
+
 /// Where the ledger lives.
 #[derive(Debug, Clone, Args)]
 pub struct LedgerArgs {
-    /// The SQL ledger: `sqlite://<file>` (created on first run) or `postgres://...`.
-    #[arg(
-        long,
-        env = "FLASHSALE_DATABASE_URL",
-        default_value = "sqlite://var/flashsale.db"
-    )]
+    /// The SQL ledger: `sqlite://<file>` (created on first run) or `postgres://...`
+    /// [default: sqlite://var/flashsale.db; for `serve --spawn-redis`, a file beside that
+    /// private Redis, gone with it].
+    #[arg(long, env = "FLASHSALE_DATABASE_URL")]
     pub database_url: Option<String>,
+}
+
+impl LedgerArgs {
+    /// The URL given, or [`DEFAULT_DATABASE_URL`].
+    pub fn url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
+    }
 }
 
 /// How to run the service.
@@ -66,12 +77,18 @@ pub struct ServeConfig {
     pub redis: RedisArgs,
 
     /// Start a private redis-server on a free port for this run instead (a local try-out;
-    /// its data goes with the process).
+    /// its data, and the ledger beside it unless --database-url is given, go with the
+    /// process).
     #[arg(long, env = "FLASHSALE_SPAWN_REDIS")]
     pub spawn_redis: bool,
 
     #[command(flatten)]
     pub ledger: LedgerArgs,
+
+    /// Keep no SQL ledger: no reconciler and no audit (nothing the sale does is recorded
+    /// outside Redis).
+    #[arg(long, env = "FLASHSALE_NO_LEDGER", conflicts_with = "database_url")]
+    pub no_ledger: bool,
 
     /// Do not run the reconciler in this process (run `flashsale reconcile` instead).
     #[arg(long, env = "FLASHSALE_NO_RECONCILE")]
@@ -130,7 +147,7 @@ fn bucket(rate: u32, burst: u32) -> Option<Bucket> {
 
 impl ServeConfig {
     /// A configuration for tests and embedding: the defaults, on `redis_url`, port 0, no
-    /// ledger.
+    /// ledger (unless `ledger.database_url` is then set).
     pub fn local(redis_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -141,6 +158,7 @@ impl ServeConfig {
             },
             spawn_redis: false,
             ledger: LedgerArgs { database_url: None },
+            no_ledger: true,
             no_reconcile: false,
             audit_interval_s: 10,
             no_audit_repair: false,
@@ -153,6 +171,22 @@ impl ServeConfig {
             sweep_interval_ms: 250,
             sold_out_poll_ms: 50,
         }
+    }
+
+    /// The ledger's URL: the one given; none with `--no-ledger`; else a file in
+    /// `private_dir` (the directory of a private Redis started for this run), or
+    /// [`DEFAULT_DATABASE_URL`].
+    pub fn database_url(&self, private_dir: Option<&Path>) -> Option<String> {
+        if let Some(url) = &self.ledger.database_url {
+            return Some(url.clone());
+        }
+        if self.no_ledger {
+            return None;
+        }
+        Some(match private_dir {
+            Some(dir) => format!("sqlite://{}/ledger.db", dir.display()),
+            None => DEFAULT_DATABASE_URL.to_owned(),
+        })
     }
 
     /// The admission limits.

@@ -11,6 +11,7 @@
 //! - [`http`]: the axum API (one module per resource), its errors and OpenAPI document.
 //! - [`admission`]: in-memory load shedding before any Redis call; [`gates`] keeps its
 //!   sold-out flags and windows in step with Redis.
+//! - [`cli`]: the `flashsale` command line, each subcommand run on the library.
 //! - [`config`]: `flashsale serve`'s flags; [`metrics`]: the Prometheus registry.
 //! - [`ids`]: validated identifiers; nothing unchecked reaches a Redis key.
 //! - [`keys`]: the Redis key names, one hash tag per shard.
@@ -31,6 +32,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod events;

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -281,9 +282,14 @@ impl Application {
         } else {
             (None, config.redis.redis_url.clone())
         };
-        let store = Store::connect(&config.redis.store_options(&redis_url)).await?;
-        let redis_url = redis_url.clone();
-        store.sync_clock().await?;
+        let database_url = config.database_url(redis.as_ref().map(LocalRedis::dir));
+        let store = Store::connect(&config.redis.store_options(&redis_url))
+            .await
+            .with_context(|| unreachable_redis(&redis_url))?;
+        store
+            .sync_clock()
+            .await
+            .with_context(|| unreachable_redis(&redis_url))?;
         let admission = Arc::new(Admission::new(&config.admission()));
         for sku in store.skus().await? {
             admission.know(&*store.config(&sku).await?);
@@ -297,7 +303,7 @@ impl Application {
             ledger: Arc::default(),
         };
         let (stop, stopped) = watch::channel(false);
-        let settlement = config.ledger.database_url.clone().map(|database_url| {
+        let settlement = database_url.clone().map(|database_url| {
             let options = SettlementOptions {
                 database_url,
                 redis_url: redis_url.clone(),
@@ -317,7 +323,7 @@ impl Application {
         // A Redis never checked against the ledger is not served from until it is.
         let trust = gates::Trust {
             ledger: state.ledger.clone(),
-            ledger_expected: config.ledger.database_url.is_some(),
+            ledger_expected: database_url.is_some(),
             repair: !config.no_audit_repair,
         };
         if !gates::check_identity(&state.store, &admission, &trust).await? {

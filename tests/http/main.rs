@@ -5,4 +5,5 @@ mod routes;
 mod rules;
 mod shedding;
 mod shutdown;
+mod startup;
 mod support;

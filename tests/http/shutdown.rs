@@ -24,6 +24,7 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
             "t",
             "--redis-timeout-ms",
             "10000",
+            "--no-ledger",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
