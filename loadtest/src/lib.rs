@@ -9,7 +9,9 @@
 //!   behaviour, the closing wave.
 //! - [`stats`]: HDR histograms per outcome and per second.
 //! - [`checks`]: the invariants, through the API, in Redis and in the ledger.
-//! - [`report`], [`chart`]: `report.json`, the table, the SVG chart.
+//! - [`report`], [`chart`], [`html`]: `report.json` and the table, the SVG chart, the
+//!   self-contained `report.html`.
+//! - [`cli`]: the command's flags; every scenario field is one.
 //! - [`spawn`], [`sale`]: `--spawn` (a private Redis and engine) and one whole sale.
 //! - [`compare`]: the engine beside its alternatives, in one run.
 //! - [`baseline`]: the alternatives, labelled as such.
@@ -17,8 +19,10 @@
 pub mod baseline;
 pub mod chart;
 pub mod checks;
+pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod html;
 pub mod report;
 pub mod run;
 pub mod sale;

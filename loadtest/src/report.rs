@@ -19,6 +19,15 @@ pub struct Latency {
     pub by_outcome: BTreeMap<String, Percentiles>,
 }
 
+/// One invariant's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// It held.
+    pub ok: bool,
+    /// How many times it was broken.
+    pub violations: usize,
+}
+
 /// The report of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -26,7 +35,10 @@ pub struct Report {
     pub scenario: Scenario,
     /// Answers per second over the arrival phase.
     pub throughput_rps: f64,
-    /// Requests sent (retries and follow-ups included).
+    /// Arrivals: first reserves, one per scheduled buyer (drawn from the pool of
+    /// `scenario.users`).
+    pub arrivals: u64,
+    /// Requests sent (arrivals, their retries, confirms and cancels).
     pub requests: u64,
     /// Seconds the arrival phase took.
     pub duration_s: f64,
@@ -34,12 +46,14 @@ pub struct Report {
     pub latency_ms: Latency,
     /// Answers by outcome.
     pub outcomes: BTreeMap<String, u64>,
-    /// Invariant -> number of violations.
-    pub invariants: BTreeMap<String, usize>,
+    /// Invariant -> whether it held and how many times it was broken.
+    pub invariants: BTreeMap<String, Verdict>,
     /// What broke, invariant by invariant.
     pub violations: BTreeMap<String, Vec<String>>,
     /// Units bought in the closing wave.
     pub closing_wave_bought: u64,
+    /// When the first `sold_out` answer was due, ms after the sale opened.
+    pub sold_out_at_ms: Option<f64>,
     /// The SKU at the end, as the API showed it.
     pub sku: serde_json::Value,
     /// Redis time spent in scripts per reservation made, µs, when measured.
@@ -62,6 +76,7 @@ impl Report {
         Self {
             scenario: scenario.clone(),
             throughput_rps: recorder.overall.len() as f64 / secs,
+            arrivals: run.arrivals,
             requests: run.sent,
             duration_s: secs,
             latency_ms: Latency {
@@ -75,7 +90,13 @@ impl Report {
             outcomes: recorder.outcomes(),
             invariants: violations
                 .iter()
-                .map(|(name, v)| ((*name).to_owned(), v.len()))
+                .map(|(name, v)| {
+                    let verdict = Verdict {
+                        ok: v.is_empty(),
+                        violations: v.len(),
+                    };
+                    ((*name).to_owned(), verdict)
+                })
                 .collect(),
             passed: violations.values().all(Vec::is_empty),
             violations: violations
@@ -83,7 +104,10 @@ impl Report {
                 .filter(|(_, v)| !v.is_empty())
                 .map(|(name, v)| (name.to_owned(), v))
                 .collect(),
-            closing_wave_bought: run.closing_bought,
+            closing_wave_bought: run.closing.bought,
+            sold_out_at_ms: recorder
+                .first("sold_out")
+                .map(|at| at.as_secs_f64() * 1000.0),
             sku,
             redis_us_per_reservation,
         }
@@ -94,8 +118,9 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} requests in {:.2} s: {:.0} req/s",
-            self.requests, self.duration_s, self.throughput_rps
+            "{} arrivals from a pool of {} buyers; {} requests in {:.2} s with the buyers' \
+             confirms, cancels and retries: {:.0} req/s",
+            self.arrivals, self.scenario.users, self.requests, self.duration_s, self.throughput_rps
         )?;
         writeln!(
             f,
@@ -137,8 +162,8 @@ impl fmt::Display for Report {
         if let Some(us) = self.redis_us_per_reservation {
             writeln!(f, "redis time per reservation: {us:.2} us")?;
         }
-        for (name, count) in &self.invariants {
-            let verdict = if *count == 0 { "ok" } else { "VIOLATED" };
+        for (name, verdict) in &self.invariants {
+            let verdict = if verdict.ok { "ok" } else { "VIOLATED" };
             writeln!(f, "invariant {name:<34} {verdict}")?;
             for what in self.violations.get(name).into_iter().flatten() {
                 writeln!(f, "    {what}")?;

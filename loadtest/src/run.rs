@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use rand::Rng;
 
+use crate::chart::Span;
 use crate::client::{Call, Connection, Target};
 use crate::scenario::Scenario;
 use crate::stats::Recorder;
@@ -50,19 +51,32 @@ impl Book {
     }
 }
 
+/// What the closing wave did.
+#[derive(Debug, Default)]
+pub struct ClosingWave {
+    /// Units it bought.
+    pub bought: u64,
+    /// Its reserves and confirms, with samples, timed from the start of the run.
+    pub recorder: Recorder,
+    /// When it ran, from the start of the run.
+    pub span: Option<Span>,
+}
+
 /// What a run produced.
 #[derive(Debug, Default)]
 pub struct RunOutcome {
-    /// Every answer of the main phase.
+    /// Every answer of the main phase, with samples for the chart.
     pub recorder: Recorder,
+    /// Arrivals: first reserves, one per scheduled buyer.
+    pub arrivals: u64,
     /// Requests sent in the main phase (retries and follow-ups included).
     pub sent: u64,
     /// How long the arrivals took, from the first intended send to the last answer.
     pub elapsed: Duration,
     /// What the buyers were told (main phase and closing wave).
     pub book: Book,
-    /// Units bought in the closing wave.
-    pub closing_bought: u64,
+    /// The closing wave, if it ran.
+    pub closing: ClosingWave,
 }
 
 struct Shared {
@@ -90,7 +104,7 @@ async fn worker(
     target: Target,
     jobs: async_channel::Receiver<Job>,
 ) -> Recorder {
-    let mut recorder = Recorder::default();
+    let mut recorder = Recorder::sampled();
     let mut connection: Option<Connection> = None;
     let timeout = Duration::from_millis(shared.scenario.timeout_ms);
     while let Ok(job) = jobs.recv().await {
@@ -283,19 +297,37 @@ pub async fn replay(
     for worker in workers {
         recorder.merge(&worker.await?);
     }
-    let closing_bought = if scenario.closing_wave {
+    let closing = if scenario.closing_wave {
         closing_wave(target, scenario, &shared).await?
     } else {
-        0
+        ClosingWave::default()
     };
     let book = std::mem::take(&mut *shared.book.lock());
     Ok(RunOutcome {
         recorder,
+        arrivals: schedule.len() as u64,
         sent: shared.sent.load(Ordering::Relaxed),
         elapsed,
         book,
-        closing_bought,
+        closing,
     })
+}
+
+/// Sends `call` on `conn` and records its answer, sent `now` after `start`.
+async fn send_recorded(
+    conn: &mut Connection,
+    call: &Call,
+    recorder: &mut Recorder,
+    start: Instant,
+) -> anyhow::Result<crate::client::Answer> {
+    let sent = Instant::now();
+    let answer = conn.send(call).await?;
+    recorder.record(
+        &answer.outcome(call),
+        sent.saturating_duration_since(start),
+        sent.elapsed(),
+    );
+    Ok(answer)
 }
 
 /// After the abandoned holds have expired, buyers who all confirm come one after another
@@ -305,13 +337,17 @@ async fn closing_wave(
     target: &Target,
     scenario: &Scenario,
     shared: &Arc<Shared>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<ClosingWave> {
     tokio::time::sleep(Duration::from_secs_f64(scenario.hold_seconds) + Duration::from_millis(500))
         .await;
     let mut conn = Connection::open(target).await?;
     let sku_path = format!("/v1/skus/{}", scenario.sku);
+    let began = shared.start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut bought = 0;
+    let mut wave = ClosingWave {
+        recorder: Recorder::sampled(),
+        ..ClosingWave::default()
+    };
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
@@ -322,14 +358,16 @@ async fn closing_wave(
             quantity: 1,
             key: format!("closing-{n}"),
         };
-        let answer = conn.send(&call).await?;
+        let answer = send_recorded(&mut conn, &call, &mut wave.recorder, shared.start).await?;
         if let (201, Some(rid)) = (answer.status, answer.reservation_id.clone()) {
-            let confirm = conn.send(&Call::Confirm { rid: rid.clone() }).await?;
+            let confirm = Call::Confirm { rid: rid.clone() };
+            let confirm =
+                send_recorded(&mut conn, &confirm, &mut wave.recorder, shared.start).await?;
             if confirm.status == 200 {
                 let mut book = shared.book.lock();
                 book.holds.insert(rid.clone(), (user, 1));
                 book.confirmed.insert(rid);
-                bought += 1;
+                wave.bought += 1;
             }
             continue;
         }
@@ -345,7 +383,11 @@ async fn closing_wave(
         // Units are still held (a late buyer confirming) or coming back: look again soon.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(bought)
+    wave.span = Some(Span {
+        start: began,
+        end: shared.start.elapsed(),
+    });
+    Ok(wave)
 }
 
 /// A closed-loop measurement: `connections` workers send `make(n)` back to back for

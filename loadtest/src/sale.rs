@@ -7,9 +7,10 @@ use flashsale::ledger::Ledger;
 use flashsale::store::{Store, StoreOptions};
 use serde_json::json;
 
-use crate::chart;
+use crate::chart::{self, ChartInput};
 use crate::checks::{self, Inspect};
 use crate::client::Target;
+use crate::html;
 use crate::report::Report;
 use crate::run;
 use crate::scenario::Scenario;
@@ -32,7 +33,7 @@ pub struct Setup {
     pub database_url: Option<String>,
     /// Extra `flashsale serve` arguments for `--spawn`.
     pub engine_args: Vec<String>,
-    /// Where `report.json` and `chart.svg` go.
+    /// Where `report.json`, `chart.svg` and `report.html` go.
     pub out: PathBuf,
     /// Draw the progress bar.
     pub progress: bool,
@@ -117,15 +118,24 @@ pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Repo
     let (violations, sku) =
         checks::verify(&target, scenario, &outcome.book, inspect.as_ref()).await?;
     let report = Report::new(scenario, &outcome, violations, sku, redis_us);
+    let chart = chart::svg(&ChartInput {
+        title: format!("sale of {}", scenario.sku),
+        samples: outcome.recorder.samples.as_deref().unwrap_or_default(),
+        closing: outcome
+            .closing
+            .recorder
+            .samples
+            .as_deref()
+            .unwrap_or_default(),
+        closing_span: outcome.closing.span,
+        sold_out_at: outcome.recorder.first("sold_out"),
+    })?;
     std::fs::create_dir_all(&setup.out)?;
     std::fs::write(
         setup.out.join("report.json"),
         serde_json::to_vec_pretty(&report)?,
     )?;
-    chart::draw(
-        &outcome.recorder,
-        &format!("sale of {}", scenario.sku),
-        &setup.out.join("chart.svg"),
-    )?;
+    std::fs::write(setup.out.join("chart.svg"), &chart)?;
+    std::fs::write(setup.out.join("report.html"), html::page(&report, &chart))?;
     Ok(report)
 }

@@ -1,6 +1,7 @@
-//! Latency and outcome records: HDR histograms overall and per outcome, and a per-second
-//! timeline for the chart. Each worker keeps its own recorder (no locks on the hot path);
-//! they are merged at the end.
+//! Latency and outcome records: HDR histograms overall and per outcome, and, for a sale's
+//! chart, every answer as a sample (a sale has tens of thousands; histograms per time bucket
+//! and worker would cost far more memory than the samples themselves). Each worker keeps its
+//! own recorder (no locks on the hot path); they are merged at the end.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,11 +14,15 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-/// One second of the run.
-#[derive(Debug, Clone, Default)]
-pub struct Second {
-    /// Answers by outcome, with their latencies.
-    pub by_outcome: BTreeMap<String, Histogram<u64>>,
+/// One answer, as the chart needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// Its outcome.
+    pub outcome: String,
+    /// Its intended send time, after the start of the run.
+    pub at: Duration,
+    /// How long after that time the answer came.
+    pub latency: Duration,
 }
 
 /// What one worker (or, merged, the whole run) saw.
@@ -27,8 +32,8 @@ pub struct Recorder {
     pub overall: Histogram<u64>,
     /// Answers by outcome.
     pub by_outcome: BTreeMap<String, Histogram<u64>>,
-    /// Answers by second since the start (of the intended send time).
-    pub timeline: Vec<Second>,
+    /// Every answer, in the order recorded, when samples are kept (see [`Recorder::sampled`]).
+    pub samples: Option<Vec<Sample>>,
 }
 
 impl Default for Recorder {
@@ -36,12 +41,20 @@ impl Default for Recorder {
         Self {
             overall: histogram(),
             by_outcome: BTreeMap::new(),
-            timeline: Vec::new(),
+            samples: None,
         }
     }
 }
 
 impl Recorder {
+    /// A recorder that also keeps every answer as a [`Sample`], for the chart.
+    pub fn sampled() -> Self {
+        Self {
+            samples: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
     /// Records an answer with `outcome`, `latency` after its intended send time, which
     /// was `at` after the start of the run.
     pub fn record(&mut self, outcome: &str, at: Duration, latency: Duration) {
@@ -51,15 +64,13 @@ impl Recorder {
             .entry(outcome.to_owned())
             .or_insert_with(histogram)
             .saturating_record(micros);
-        let second = at.as_secs() as usize;
-        if self.timeline.len() <= second {
-            self.timeline.resize_with(second + 1, Second::default);
+        if let Some(samples) = &mut self.samples {
+            samples.push(Sample {
+                outcome: outcome.to_owned(),
+                at,
+                latency,
+            });
         }
-        self.timeline[second]
-            .by_outcome
-            .entry(outcome.to_owned())
-            .or_insert_with(histogram)
-            .saturating_record(micros);
     }
 
     /// Adds another recorder's records to this one.
@@ -72,18 +83,10 @@ impl Recorder {
                 .or_insert_with(histogram)
                 .add(h);
         }
-        if self.timeline.len() < other.timeline.len() {
-            self.timeline
-                .resize_with(other.timeline.len(), Second::default);
-        }
-        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
-            for (outcome, h) in &theirs.by_outcome {
-                let _ = mine
-                    .by_outcome
-                    .entry(outcome.clone())
-                    .or_insert_with(histogram)
-                    .add(h);
-            }
+        if let Some(theirs) = &other.samples {
+            self.samples
+                .get_or_insert_with(Vec::new)
+                .extend(theirs.iter().cloned());
         }
     }
 
@@ -93,6 +96,16 @@ impl Recorder {
             .iter()
             .map(|(outcome, h)| (outcome.clone(), h.len()))
             .collect()
+    }
+
+    /// The intended send time of the first answer with `outcome`, if samples were kept.
+    pub fn first(&self, outcome: &str) -> Option<Duration> {
+        self.samples
+            .as_ref()?
+            .iter()
+            .filter(|s| s.outcome == outcome)
+            .map(|s| s.at)
+            .min()
     }
 }
 
@@ -134,8 +147,8 @@ mod tests {
 
     #[test]
     fn recorders_merge_and_report_percentiles_in_ms() {
-        let mut a = Recorder::default();
-        let mut b = Recorder::default();
+        let mut a = Recorder::sampled();
+        let mut b = Recorder::sampled();
         for i in 1..=100 {
             a.record("held", Duration::from_millis(10), Duration::from_millis(i));
         }
@@ -147,7 +160,10 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.overall.len(), 101);
         assert_eq!(a.outcomes()["held"], 100);
-        assert_eq!(a.timeline.len(), 2);
+        assert_eq!(a.samples.as_ref().map(Vec::len), Some(101));
+        assert_eq!(a.first("sold_out"), Some(Duration::from_millis(1_500)));
+        assert_eq!(a.first("held"), Some(Duration::from_millis(10)));
+        assert_eq!(a.first("expired"), None);
         let p = Percentiles::of(&a.by_outcome["held"]);
         assert!(
             (p.p50 - 50.0).abs() < 0.5 && (p.max - 100.0).abs() < 0.5,

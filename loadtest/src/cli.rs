@@ -1,0 +1,439 @@
+//! The `flashsale-loadtest` command line, and each subcommand run on the library. Every
+//! field of a [`Scenario`] can be given as a flag (a unit test holds that true as fields
+//! are added), over a TOML file or the defaults.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::baseline::{serve_naive, serve_pg_hotrow};
+use crate::compare::{compare, CompareOptions};
+use crate::sale::{run_sale, Setup};
+use crate::scenario::{Profile, Scenario};
+
+/// Replays a flash sale against the flashsale API and checks that it ended right.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay one sale (open loop) and check its invariants; exit 1 if any is violated.
+    Run(Box<RunArgs>),
+    /// Measure the engine beside its alternatives in one run and print the table.
+    Compare(CompareArgs),
+    /// Serve a baseline (used by `compare`; labelled as a baseline in every response).
+    #[command(hide = true)]
+    Baseline {
+        /// Which baseline.
+        #[command(subcommand)]
+        which: Baseline,
+    },
+}
+
+/// `compare`'s flags.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Connections of the closed-loop measurements.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Where compare.json goes.
+    #[arg(long, default_value = "loadtest-out")]
+    pub out: PathBuf,
+}
+
+/// The baseline servers.
+#[derive(Debug, Subcommand)]
+pub enum Baseline {
+    /// One pooled Redis checkout and one unsharded check-and-DECRBY script per request.
+    Naive {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Its Redis.
+        #[arg(long)]
+        redis_url: String,
+        /// Pooled connections.
+        #[arg(long, default_value_t = 32)]
+        pool_size: usize,
+    },
+    /// One PostgreSQL hot-row UPDATE and an order insert per request.
+    PgHotrow {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Its PostgreSQL.
+        #[arg(long)]
+        database_url: String,
+        /// Pooled connections.
+        #[arg(long, default_value_t = crate::baseline::PG_HOTROW_DEFAULT_POOL_SIZE)]
+        pool_size: u32,
+    },
+}
+
+/// `run`'s flags: where the engine is, and the scenario's fields (each overrides the file).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A scenario file (TOML); flags below override its fields.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Start a private Redis and the engine for this run.
+    #[arg(long, conflicts_with_all = ["target", "redis_url", "database_url"])]
+    pub spawn: bool,
+    /// The engine's base URL (without --spawn).
+    #[arg(long, env = "FLASHSALE_TARGET", required_unless_present = "spawn")]
+    pub target: Option<String>,
+    /// The engine's admin token, to load the SKU (without --spawn).
+    #[arg(
+        long,
+        env = "FLASHSALE_ADMIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "spawn"
+    )]
+    pub admin_token: Option<String>,
+    /// The engine's Redis, to check invariants there too (without --spawn).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// The engine's key prefix.
+    #[arg(long, default_value = "fs:")]
+    pub key_prefix: String,
+    /// The engine's ledger, to check invariants there too (without --spawn).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// SKU name.
+    #[arg(long)]
+    pub sku: Option<String>,
+    /// Units on sale.
+    #[arg(long)]
+    pub stock: Option<u64>,
+    /// Shards.
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// The pool of distinct buyers; arrival n is buyer n mod users.
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// Units a buyer may hold or buy.
+    #[arg(long)]
+    pub per_user_limit: Option<u32>,
+    /// Units per reserve.
+    #[arg(long)]
+    pub quantity: Option<u32>,
+    /// Hold length, seconds.
+    #[arg(long)]
+    pub hold_seconds: Option<f64>,
+    /// A constant arrival rate per second (instead of the spike).
+    #[arg(long, conflicts_with = "peak")]
+    pub rate: Option<f64>,
+    /// Spike: peak arrivals per second.
+    #[arg(long)]
+    pub peak: Option<f64>,
+    /// Spike: ms to climb to the peak.
+    #[arg(long, conflicts_with = "rate")]
+    pub ramp_ms: Option<u64>,
+    /// Spike: ms at the peak.
+    #[arg(long, conflicts_with = "rate")]
+    pub hold_ms: Option<u64>,
+    /// Spike: ms to fall to the tail rate.
+    #[arg(long, conflicts_with = "rate")]
+    pub decay_ms: Option<u64>,
+    /// Spike: arrivals per second after the fall.
+    #[arg(long, conflicts_with = "rate")]
+    pub tail: Option<f64>,
+    /// How long arrivals come, ms.
+    #[arg(long)]
+    pub duration_ms: Option<u64>,
+    /// Share of holders who confirm.
+    #[arg(long)]
+    pub confirm_share: Option<f64>,
+    /// Share of holders who cancel (the rest abandon).
+    #[arg(long)]
+    pub cancel_share: Option<f64>,
+    /// How long a holder takes to confirm or cancel, ms.
+    #[arg(long)]
+    pub think_ms: Option<u64>,
+    /// Client timeout, ms.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Times a timed-out reserve is retried with the same idempotency key.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// HTTP connections.
+    #[arg(long)]
+    pub connections: Option<usize>,
+    /// Skip the closing wave (then undersell is not checked).
+    #[arg(long, conflicts_with = "closing_wave")]
+    pub no_closing_wave: bool,
+    /// Run the closing wave even if the scenario file turns it off.
+    #[arg(long)]
+    pub closing_wave: bool,
+    /// Where report.json, chart.svg and report.html go.
+    #[arg(long, default_value = "loadtest-out")]
+    pub out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Extra arguments for the spawned `flashsale serve` (repeat: --engine-arg=--rate-sku --engine-arg=0).
+    #[arg(
+        long = "engine-arg",
+        allow_hyphen_values = true,
+        conflicts_with = "target"
+    )]
+    pub engine_args: Vec<String>,
+}
+
+impl RunArgs {
+    /// The scenario: the file's (or the defaults), with the flags over it.
+    pub fn scenario(&self) -> anyhow::Result<Scenario> {
+        let mut s = match &self.config {
+            Some(path) => Scenario::from_file(path)?,
+            None => Scenario::default(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field.clone() { s.$field = v; } )* };
+        }
+        set!(
+            sku,
+            stock,
+            users,
+            per_user_limit,
+            quantity,
+            hold_seconds,
+            duration_ms,
+            confirm_share,
+            cancel_share,
+            think_ms,
+            retries,
+            timeout_ms,
+            connections
+        );
+        if self.shards.is_some() {
+            s.shards = self.shards;
+        }
+        if let Some(rate) = self.rate {
+            s.profile = Profile::Constant { rate };
+        }
+        let spike_flags = [self.ramp_ms, self.hold_ms, self.decay_ms]
+            .iter()
+            .any(Option::is_some)
+            || self.peak.is_some()
+            || self.tail.is_some();
+        if spike_flags && matches!(s.profile, Profile::Constant { .. }) {
+            s.profile = Scenario::default().profile;
+        }
+        if let Profile::Spike {
+            peak,
+            ramp_ms,
+            hold_ms,
+            decay_ms,
+            tail,
+        } = &mut s.profile
+        {
+            macro_rules! spike {
+                ($($field:ident),*) => { $( if let Some(v) = self.$field { *$field = v; } )* };
+            }
+            spike!(peak, ramp_ms, hold_ms, decay_ms, tail);
+        }
+        if self.no_closing_wave {
+            s.closing_wave = false;
+        }
+        if self.closing_wave {
+            s.closing_wave = true;
+        }
+        Ok(s)
+    }
+
+    /// Where the engine is and where the outputs go.
+    pub fn setup(&self) -> Setup {
+        Setup {
+            spawn: self.spawn,
+            target: self.target.clone(),
+            admin_token: self.admin_token.clone(),
+            redis_url: self.redis_url.clone(),
+            key_prefix: self.key_prefix.clone(),
+            database_url: self.database_url.clone(),
+            engine_args: self.engine_args.clone(),
+            out: self.out.clone(),
+            progress: !self.quiet,
+        }
+    }
+}
+
+/// Runs the command; its exit code says whether the sale ended right.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let scenario = args.scenario()?;
+            let report = run_sale(&scenario, &args.setup()).await?;
+            println!("{report}");
+            for file in ["report.json", "report.html", "chart.svg"] {
+                println!("{file:<12} {}", args.out.join(file).display());
+            }
+            if !report.passed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Compare(args) => {
+            let options = CompareOptions {
+                seconds: args.seconds.max(1),
+                connections: args.connections.max(1),
+            };
+            let comparison = compare(&options).await?;
+            println!("{comparison}");
+            std::fs::create_dir_all(&args.out)?;
+            std::fs::write(
+                args.out.join("compare.json"),
+                serde_json::to_vec_pretty(&comparison)?,
+            )?;
+        }
+        Command::Baseline { which } => {
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            match which {
+                Baseline::Naive {
+                    listen,
+                    redis_url,
+                    pool_size,
+                } => {
+                    let listener = tokio::net::TcpListener::bind(listen).await?;
+                    serve_naive(listener, &redis_url, "naive", pool_size, stop).await?;
+                }
+                Baseline::PgHotrow {
+                    listen,
+                    database_url,
+                    pool_size,
+                } => {
+                    let listener = tokio::net::TcpListener::bind(listen).await?;
+                    serve_pg_hotrow(listener, &database_url, pool_size, stop).await?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["flashsale-loadtest", "run"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(*args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    /// The flag names `run` takes.
+    fn flags() -> Vec<String> {
+        let mut cli = Cli::command();
+        let run = cli.find_subcommand_mut("run").expect("run").clone();
+        run.get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn every_scenario_field_is_a_flag() {
+        let flags = flags();
+        let defaults = serde_json::to_value(Scenario::default()).unwrap();
+        let mut fields: Vec<String> = defaults
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "profile")
+            .cloned()
+            .collect();
+        for profile in [Profile::Constant { rate: 1.0 }, Scenario::default().profile] {
+            let value = serde_json::to_value(profile).unwrap();
+            fields.extend(
+                value
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| *k != "kind")
+                    .cloned(),
+            );
+        }
+        assert!(fields.len() > 20, "{fields:?}");
+        for field in fields {
+            let flag = field.replace('_', "-");
+            assert!(
+                flags.contains(&flag),
+                "no --{flag} for scenario field {field}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_pick_the_profile() {
+        let args = run_args(&[
+            "--spawn",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/ci.toml"),
+            "--think-ms",
+            "7",
+            "--quantity",
+            "2",
+            "--rate",
+            "300",
+            "--no-closing-wave",
+        ])
+        .unwrap();
+        let s = args.scenario().unwrap();
+        assert_eq!((s.think_ms, s.quantity, s.sku.as_str()), (7, 2, "ci-sale"));
+        assert_eq!(s.profile, Profile::Constant { rate: 300.0 });
+        assert!(!s.closing_wave);
+        let spike = run_args(&["--spawn", "--rate", "10"]).unwrap();
+        assert!(matches!(
+            spike.scenario().unwrap().profile,
+            Profile::Constant { .. }
+        ));
+        let back = run_args(&["--spawn", "--peak", "900"]).unwrap();
+        assert!(matches!(
+            back.scenario().unwrap().profile,
+            Profile::Spike { peak, .. } if peak == 900.0
+        ));
+    }
+
+    #[test]
+    fn where_the_engine_is_is_a_usage_error_when_missing() {
+        std::env::remove_var("FLASHSALE_TARGET");
+        std::env::remove_var("FLASHSALE_ADMIN_TOKEN");
+        let missing = run_args(&[]).unwrap_err();
+        assert_eq!(
+            missing.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        let text = missing.to_string();
+        assert!(
+            text.contains("--target") && text.contains("--admin-token"),
+            "{text}"
+        );
+        let both = run_args(&["--spawn", "--target", "http://127.0.0.1:1"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(run_args(&["--target", "http://127.0.0.1:1", "--admin-token", "t"]).is_ok());
+        let stray = run_args(&[
+            "--target",
+            "http://x",
+            "--admin-token",
+            "t",
+            "--engine-arg=-v",
+        ]);
+        assert!(stray.is_err(), "--engine-arg needs --spawn");
+        assert!(run_args(&["--spawn", "--rate", "1", "--peak", "2"]).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! `report.html`: the report of a sale as one self-contained page (the table, the chart
+//! inline, the invariants), to open from disk or attach to a ticket; it fetches nothing.
+
+use std::fmt::Write;
+
+use crate::report::Report;
+use crate::stats::Percentiles;
+
+/// Text safe inside HTML elements and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
+table{border-collapse:collapse;margin:1em 0}\
+td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}\
+td:first-child,th:first-child{text-align:left}\
+.ok{color:#1a7f37;font-weight:bold}.bad{color:#cf222e;font-weight:bold}\
+.verdict{font-size:1.4em}";
+
+fn latency_row(html: &mut String, name: &str, count: u64, p: &Percentiles) {
+    let _ = write!(
+        html,
+        "<tr><td>{}</td><td>{count}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td>\
+         <td>{:.2}</td><td>{:.2}</td></tr>",
+        escape(name),
+        p.p50,
+        p.p90,
+        p.p99,
+        p.p999,
+        p.max
+    );
+}
+
+/// The page, with `chart_svg` (an SVG document) drawn inline.
+pub fn page(report: &Report, chart_svg: &str) -> String {
+    let scenario = &report.scenario;
+    let title = format!("flashsale: sale of {}", scenario.sku);
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title>\
+         <style>{STYLE}</style></head><body><h1>{}</h1>",
+        escape(&title),
+        escape(&title)
+    );
+    let (class, verdict) = if report.passed {
+        ("ok", "PASSED: every invariant held")
+    } else {
+        ("bad", "FAILED: an invariant was violated")
+    };
+    let _ = write!(html, "<p class=\"verdict {class}\">{verdict}</p>");
+    let sku = &report.sku;
+    let _ = write!(
+        html,
+        "<p>{} units over {} shards; {} arrivals from a pool of {} buyers; {} requests in \
+         {:.2} s with the buyers' confirms, cancels and retries ({:.0} req/s). At the end: \
+         stock {}, sold {}, held {}, available {}; the closing wave bought {}.</p>",
+        scenario.stock,
+        escape(&sku["shards"].to_string()),
+        report.arrivals,
+        scenario.users,
+        report.requests,
+        report.duration_s,
+        report.throughput_rps,
+        escape(&sku["stock"].to_string()),
+        escape(&sku["sold"].to_string()),
+        escape(&sku["held"].to_string()),
+        escape(&sku["available"].to_string()),
+        report.closing_wave_bought
+    );
+
+    html.push_str(
+        "<h2>Invariants</h2><table><tr><th>invariant</th><th>verdict</th><th>violations</th></tr>",
+    );
+    for (name, verdict) in &report.invariants {
+        let (class, word) = if verdict.ok {
+            ("ok", "ok")
+        } else {
+            ("bad", "VIOLATED")
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"{class}\">{word}</td><td>{}</td></tr>",
+            escape(name),
+            verdict.violations
+        );
+    }
+    html.push_str("</table>");
+    for (name, broken) in &report.violations {
+        let _ = write!(html, "<h3>{}</h3><ul>", escape(name));
+        for what in broken {
+            let _ = write!(html, "<li>{}</li>", escape(what));
+        }
+        html.push_str("</ul>");
+    }
+
+    html.push_str(
+        "<h2>Answers</h2><p>Latency in ms from each request's intended send time (open loop: \
+         a slow answer delays nothing that was due after it).</p><table><tr><th>outcome</th>\
+         <th>count</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th></tr>",
+    );
+    for (outcome, p) in &report.latency_ms.by_outcome {
+        let count = report.outcomes.get(outcome).copied().unwrap_or(0);
+        latency_row(&mut html, outcome, count, p);
+    }
+    latency_row(
+        &mut html,
+        "all",
+        report.outcomes.values().sum(),
+        &report.latency_ms.overall,
+    );
+    html.push_str("</table><h2>Over time</h2>");
+    // The chart is our own SVG document, inline: no file next to the page is needed.
+    let svg_start = chart_svg.find("<svg").unwrap_or(0);
+    html.push_str(&chart_svg[svg_start..]);
+    let _ = writeln!(
+        html,
+        "<h2>Scenario</h2><pre>{}</pre></body></html>",
+        escape(&toml::to_string(scenario).unwrap_or_default())
+    );
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::chart::{self, ChartInput};
+    use crate::run::RunOutcome;
+    use crate::scenario::Scenario;
+    use crate::stats::Recorder;
+
+    #[test]
+    fn the_page_holds_the_table_the_chart_and_the_invariants_and_fetches_nothing() {
+        let mut recorder = Recorder::sampled();
+        for i in 0..50 {
+            let outcome = if i < 10 { "held" } else { "sold_out" };
+            recorder.record(
+                outcome,
+                Duration::from_millis(i * 20),
+                Duration::from_millis(2),
+            );
+        }
+        let run = RunOutcome {
+            recorder,
+            arrivals: 50,
+            sent: 50,
+            elapsed: Duration::from_secs(1),
+            ..RunOutcome::default()
+        };
+        let mut violations = BTreeMap::new();
+        violations.insert("no_oversell", vec![]);
+        violations.insert(
+            "no_undersell",
+            vec!["9 of 10 sold <with demand above supply>".to_owned()],
+        );
+        let sku =
+            serde_json::json!({ "stock": 10, "sold": 9, "held": 0, "available": 1, "shards": 2 });
+        let report = Report::new(&Scenario::default(), &run, violations, sku, None);
+        let chart = chart::svg(&ChartInput {
+            title: "sale".into(),
+            samples: run.recorder.samples.as_deref().unwrap_or_default(),
+            ..ChartInput::default()
+        })
+        .unwrap();
+        let page = page(&report, &chart);
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(page.contains("FAILED: an invariant was violated"));
+        assert!(page.contains("<td>no_oversell</td><td class=\"ok\">ok</td><td>0</td>"));
+        assert!(page.contains("<td>no_undersell</td><td class=\"bad\">VIOLATED</td><td>1</td>"));
+        assert!(page.contains("&lt;with demand above supply&gt;"), "escaped");
+        assert!(page.contains("<td>sold_out</td><td>40</td>"));
+        assert!(page.contains("50 arrivals from a pool of 20000 buyers"));
+        assert!(
+            page.contains("<svg") && page.contains("</svg>"),
+            "the chart inline"
+        );
+        for fetch in ["src=", "href=", "<script", "<link", "url("] {
+            assert!(!page.contains(fetch), "{fetch}");
+        }
+    }
+
+    #[test]
+    fn escapes_what_html_would_read_as_markup() {
+        assert_eq!(
+            escape(r#"<b a="1">&'</b>"#),
+            "&lt;b a=&quot;1&quot;&gt;&amp;&#39;&lt;/b&gt;"
+        );
+    }
+}
