@@ -11,6 +11,7 @@
 //! [`LedgerRepo`] is the repository; `sqlite.rs` and `postgres.rs` implement it, from one
 //! body (`repo.rs`) with each dialect's SQL types and migrations.
 
+mod migrations;
 mod repo;
 
 use std::collections::HashMap;
@@ -239,7 +240,7 @@ impl Ledger {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect_with(options)
                 .await?;
-            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+            migrations::sqlite().await?.run(&pool).await?;
             Ok(Self::Sqlite(SqliteLedger::new(pool)))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let pool = PgPoolOptions::new()
@@ -247,7 +248,7 @@ impl Ledger {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(url)
                 .await?;
-            sqlx::migrate!("migrations/postgres").run(&pool).await?;
+            migrations::postgres().await?.run(&pool).await?;
             Ok(Self::Postgres(PgLedger::new(pool)))
         } else {
             Err(LedgerError::UnsupportedUrl(url.to_owned()))
