@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The engine's main job for now: a whole sale against a private Redis, checked at the end.
-# Extra arguments go to `flashsale demo` (see `--help`).
+# A sale in-process, without HTTP: thousands of buyers against the store and a private
+# Redis, checked at the end. Extra arguments go to `flashsale demo` (see its --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-cargo run --release --quiet -- demo "$@"
+scripts/setup.sh sale
+scripts/build.sh
+exec target/debug/flashsale demo "$@"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The engine's main job: the HTTP API on http://127.0.0.1:8080 over a private Redis started
-# for this run (on a free port, in a temporary directory; gone when the server stops).
+# for this run (on a free port, in a temporary directory), with a ledger of its own beside
+# it: both are gone when the server stops, so every try-out starts clean.
 # Admin token: $FLASHSALE_ADMIN_TOKEN, or "local-admin". Extra arguments go to
-# `flashsale serve` (see `--help`). Stop with ctrl-c.
+# `flashsale serve` (see its --help). Stop with ctrl-c.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh sale
+scripts/build.sh
 export FLASHSALE_ADMIN_TOKEN="${FLASHSALE_ADMIN_TOKEN:-local-admin}"
-exec cargo run --release --quiet -- serve --spawn-redis "$@"
+exec target/debug/flashsale serve --spawn-redis "$@"

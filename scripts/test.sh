@@ -1,10 +1,37 @@
 #!/usr/bin/env bash
 # The whole test suite. Every test starts the real servers it needs (redis-server on a free
-# port in a temporary directory, PostgreSQL with initdb/pg_ctl) and stops them. Then a short
-# sale through the load harness, with all its invariant checks.
+# port in a temporary directory, PostgreSQL with initdb/pg_ctl, schemathesis from PyPI) and
+# stops them. Then a short sale through the load harness, with all its invariant checks.
+# It reuses the build of scripts/sale.sh (one profile for both) and compiles only the tests.
+#
+# The tests' temporary files go to a directory of this run, which must be empty at the end
+# (every test removes what it made), and the tests must write nothing into the checkout.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
+
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/flashsale-tests.XXXXXX")
+# Anything in the checkout newer than this, outside target/ and .git/, a test wrote.
+stamp=$(mktemp "${TMPDIR:-/tmp}/flashsale-tests-start.XXXXXX")
+trap 'rm -rf "$scratch" "$stamp"' EXIT
+# PostgreSQL runs as its own user when the tests run as root: it must reach its directory.
+chmod 755 "$scratch"
+export TMPDIR="$scratch"
+
 cargo test --workspace "$@"
-cargo build --workspace --quiet
-target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml --out target/loadtest-ci
+target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml \
+  --out target/loadtest-ci
+
+left=$(ls -A "$scratch")
+if [[ -n "$left" ]]; then
+  echo "the tests left temporary files behind in $scratch:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+written=$(find . -mindepth 1 \( -path ./target -o -path ./.git \) -prune -o -newer "$stamp" -print)
+if [[ -n "$written" ]]; then
+  echo "the tests wrote into the checkout:" >&2
+  echo "$written" >&2
+  exit 1
+fi
