@@ -56,7 +56,8 @@ pub struct Report {
     pub sold_out_at_ms: Option<f64>,
     /// The SKU at the end, as the API showed it.
     pub sku: serde_json::Value,
-    /// Redis time spent in scripts per reservation made, µs, when measured.
+    /// Redis time spent in scripts (every call of the sale: reserves, sweeps, refills,
+    /// refusals) divided by the reservations made, µs, when measured.
     pub redis_us_per_reservation: Option<f64>,
     /// Every invariant held.
     pub passed: bool,
@@ -160,7 +161,11 @@ impl fmt::Display for Report {
             self.closing_wave_bought
         )?;
         if let Some(us) = self.redis_us_per_reservation {
-            writeln!(f, "redis time per reservation: {us:.2} us")?;
+            writeln!(
+                f,
+                "redis script time over reservations made: {us:.2} us each (every script \
+                 call of the sale counted: sweeps, refills, refusals)"
+            )?;
         }
         for (name, verdict) in &self.invariants {
             let verdict = if verdict.ok { "ok" } else { "VIOLATED" };
