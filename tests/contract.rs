@@ -83,4 +83,24 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_response() {
         covered.is_some_and(|n| n >= 4),
         "the stateful phase followed too few links ({covered:?}):\n{stdout}"
     );
+    let lines: Vec<&str> = stdout.lines().map(str::trim).collect();
+    let after = |label: &str| {
+        lines
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| lines.get(i + 1))
+            .copied()
+            .unwrap_or("?")
+    };
+    let filtered = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("Filtered: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("0");
+    println!(
+        "schemathesis, every check: {}; {} links followed; refusals of the three rules a \
+         schema cannot state, dropped: {filtered}",
+        after("Test cases:"),
+        covered.unwrap_or(0)
+    );
 }

@@ -34,6 +34,8 @@ pub struct ReserveBody {
     pub user_id: String,
     /// Units (default 1): a whole number from 1 to the SKU's per-user limit (`2.0` counts
     /// as 2); any other value is refused with `invalid_quantity`, which names the limit.
+    /// The schema's maximum is the highest limit a SKU may have: the SKU's own limit is
+    /// stored data, which a schema cannot state.
     #[serde(default)]
     #[schema(value_type = u32, minimum = 1, maximum = 1_000_000)]
     pub quantity: RawQuantity,
@@ -179,7 +181,7 @@ async fn invalid_quantity(state: &AppState, sku: &Sku) -> ApiError {
     post,
     path = "/v1/reservations",
     tag = "reservations",
-    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-], scoped to (sku, user_id): within that scope a repeat with the same quantity returns the original reservation, one with another quantity is refused (idempotency_key_reused); with another sku or user_id it is another key", pattern = "^[A-Za-z0-9._-]{1,128}$")),
+    params(("Idempotency-Key" = String, Header, description = "1-128 of [A-Za-z0-9._-], scoped to (sku, user_id): within that scope a repeat with the same quantity returns the original reservation, one with another quantity is refused (idempotency_key_reused: an earlier request decides, which a schema cannot state); with another sku or user_id it is another key", pattern = "^[A-Za-z0-9._-]{1,128}$")),
     request_body = ReserveBody,
     responses(
         (status = 201, description = "Held; or an idempotent repeat (header Idempotent-Replayed: true), as the reservation is now", body = ReservationView,

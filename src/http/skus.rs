@@ -39,7 +39,9 @@ pub struct SkuBody {
     /// When the sale opens (RFC 3339); open at once when absent.
     #[schema(format = DateTime)]
     pub starts_at: Option<String>,
-    /// When the sale closes (RFC 3339, after `starts_at`); never when absent.
+    /// When the sale closes (RFC 3339); never when absent. It must come after `starts_at`
+    /// (`invalid_sku_spec` otherwise): a rule across two fields, which this schema cannot
+    /// state.
     #[schema(format = DateTime)]
     pub ends_at: Option<String>,
 }

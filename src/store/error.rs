@@ -76,6 +76,7 @@ pub enum QuantityBound {
 impl std::fmt::Display for QuantityBound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::PerUser(1) => f.write_str("quantity must be 1: at most 1 per user for this SKU"),
             Self::PerUser(limit) => write!(
                 f,
                 "quantity must be a whole number from 1 to {limit}: at most {limit} per user for this SKU"
@@ -197,6 +198,10 @@ mod tests {
         assert_eq!(
             StoreError::InvalidQuantity(QuantityBound::PerUser(5)).to_string(),
             "quantity must be a whole number from 1 to 5: at most 5 per user for this SKU"
+        );
+        assert_eq!(
+            StoreError::InvalidQuantity(QuantityBound::PerUser(1)).to_string(),
+            "quantity must be 1: at most 1 per user for this SKU"
         );
         assert_eq!(
             StoreError::InvalidQuantity(QuantityBound::Restock).to_string(),
