@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use crate::stats::Sample;
@@ -136,6 +137,33 @@ fn contiguous<T: Copy>(points: &[(usize, T)]) -> Vec<Vec<T>> {
     runs
 }
 
+/// A panel's frame: its caption, margins and room for the axis labels.
+fn frame<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(34)
+        .y_label_area_size(64);
+    builder
+}
+
+/// A panel's legend, in its upper right corner.
+fn legend<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, CT>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    Ok(())
+}
+
 /// Draws the chart as an SVG document.
 pub fn svg(input: &ChartInput<'_>) -> anyhow::Result<String> {
     let end = input
@@ -180,19 +208,13 @@ pub fn svg(input: &ChartInput<'_>) -> anyhow::Result<String> {
             .unwrap_or(1)
             .max(1) as f64
             * per_second;
-        let mut rates = ChartBuilder::on(&top)
-            .caption(
-                format!(
-                    "{}: answers per second, by outcome ({} ms buckets)",
-                    input.title,
-                    bucket.as_millis()
-                ),
-                ("sans-serif", 18),
-            )
-            .margin(10)
-            .x_label_area_size(34)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..x_end, 0f64..rate_max * 1.15)?;
+        let caption = format!(
+            "{}: answers per second, by outcome ({} ms buckets)",
+            input.title,
+            bucket.as_millis()
+        );
+        let mut rates =
+            frame(&top, &caption).build_cartesian_2d(0f64..x_end, 0f64..rate_max * 1.15)?;
         rates
             .configure_mesh()
             .x_desc("seconds since the sale opened")
@@ -244,12 +266,7 @@ pub fn svg(input: &ChartInput<'_>) -> anyhow::Result<String> {
                 .label(format!("first sold_out answer, {x:.2} s"))
                 .legend(|(x, y)| PathElement::new(vec![(x + 8, y - 6), (x + 8, y + 6)], BLACK));
         }
-        rates
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.9))
-            .draw()?;
+        legend(&mut rates)?;
 
         // Per outcome, the buckets that had answers, by bucket index.
         let percentiles: Vec<(String, Vec<(usize, LatencyPoint)>)> = outcomes
@@ -287,15 +304,11 @@ pub fn svg(input: &ChartInput<'_>) -> anyhow::Result<String> {
         } else {
             (0.1, 10.0)
         };
-        let mut latency = ChartBuilder::on(&bottom)
-            .caption(
-                "latency from the intended send time, ms (log scale)",
-                ("sans-serif", 18),
-            )
-            .margin(10)
-            .x_label_area_size(34)
-            .y_label_area_size(64)
-            .build_cartesian_2d(0f64..x_end, (low..high).log_scale())?;
+        let mut latency = frame(
+            &bottom,
+            "latency from the intended send time, ms (log scale)",
+        )
+        .build_cartesian_2d(0f64..x_end, (low..high).log_scale())?;
         latency
             .configure_mesh()
             .x_desc("seconds since the sale opened")
@@ -339,12 +352,7 @@ pub fn svg(input: &ChartInput<'_>) -> anyhow::Result<String> {
                     PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(width))
                 });
         }
-        latency
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.9))
-            .draw()?;
+        legend(&mut latency)?;
         root.present()?;
     }
     Ok(text)
