@@ -177,16 +177,11 @@ impl ServeConfig {
     /// `private_dir` (the directory of a private Redis started for this run), or
     /// [`DEFAULT_DATABASE_URL`].
     pub fn database_url(&self, private_dir: Option<&Path>) -> Option<String> {
-        if let Some(url) = &self.ledger.database_url {
-            return Some(url.clone());
+        match (&self.ledger.database_url, private_dir) {
+            (None, _) if self.no_ledger => None,
+            (None, Some(dir)) => Some(format!("sqlite://{}/ledger.db", dir.display())),
+            _ => Some(self.ledger.url()),
         }
-        if self.no_ledger {
-            return None;
-        }
-        Some(match private_dir {
-            Some(dir) => format!("sqlite://{}/ledger.db", dir.display()),
-            None => DEFAULT_DATABASE_URL.to_owned(),
-        })
     }
 
     /// The admission limits.
