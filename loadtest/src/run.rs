@@ -313,7 +313,7 @@ pub async fn replay(
     })
 }
 
-/// Sends `call` on `conn` and records its answer, sent `now` after `start`.
+/// Sends `call` on `conn` and records its answer, at its offset from `start`.
 async fn send_recorded(
     conn: &mut Connection,
     call: &Call,
