@@ -221,11 +221,9 @@ impl RunArgs {
         if let Some(rate) = self.rate {
             s.profile = Profile::Constant { rate };
         }
-        let spike_flags = [self.ramp_ms, self.hold_ms, self.decay_ms]
-            .iter()
-            .any(Option::is_some)
-            || self.peak.is_some()
-            || self.tail.is_some();
+        // A spike flag over a constant profile starts from the default spike.
+        let spike_flags = self.ramp_ms.or(self.hold_ms).or(self.decay_ms).is_some()
+            || self.peak.or(self.tail).is_some();
         if spike_flags && matches!(s.profile, Profile::Constant { .. }) {
             s.profile = Scenario::default().profile;
         }

@@ -296,6 +296,7 @@ pub async fn restock(
     ApiJson(body): ApiJson<RestockBody>,
 ) -> Result<Json<SkuView>, ApiError> {
     let sku = Sku::new(sku)?;
+    // The field is required, so no default applies (0 would be refused anyway).
     let quantity = body
         .quantity
         .within(0, MAX_STOCK)
