@@ -93,7 +93,7 @@ pub struct LedgerSku {
 pub struct LedgerFigures {
     /// Units put on sale: loaded plus restocked (rebased by restores).
     pub stock: u64,
-    /// Units taken out of one shard and not yet settled into another.
+    /// Units taken out of one shard and not yet settled into another (see [`StockAccount`]).
     pub in_transit: u64,
     /// Units held by reservations the ledger knows as held.
     pub held: u64,
@@ -127,59 +127,155 @@ pub(crate) fn state_rank(state: &str) -> u8 {
     }
 }
 
-/// A stock-changing ledger row, as [`stock_from`] folds them.
+/// A stock-changing ledger row, as [`StockAccount::fold`] folds them.
 #[derive(Debug, Clone)]
-pub(crate) struct StockRow {
+pub struct StockRow {
+    /// `loaded`, `restored`, `restocked`, `moved_in` or `moved_out`.
     pub kind: String,
+    /// The shard whose stream it came from.
     pub shard: i64,
+    /// Its stream position: (id ms, id seq, index in the entry).
     pub position: (i64, i64, i64),
+    /// Units.
     pub quantity: i64,
     /// The move id, for `moved_out` and `moved_in`.
     pub subject: Option<String>,
+    /// `op=<id>` for a restock, `to=<shard>` for a move out.
+    pub detail: Option<String>,
 }
 
-/// Folds a SKU's stock rows into (stock, in transit). Per shard, the latest `loaded` or
-/// `restored` row is the base (what the shard held then), and restocks and moves after it
-/// add to it; units taken out by a move whose other half is not settled are in transit.
-pub(crate) fn stock_from(rows: &[StockRow]) -> (u64, u64) {
-    let mut base: HashMap<i64, ((i64, i64, i64), i64)> = HashMap::new();
-    for row in rows
-        .iter()
-        .filter(|r| r.kind == "loaded" || r.kind == "restored")
-    {
-        let entry = base
-            .entry(row.shard)
-            .or_insert((row.position, row.quantity));
-        if row.position >= entry.0 {
-            *entry = (row.position, row.quantity);
+/// A move out of a shard, as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoveOut {
+    /// The move id.
+    pub id: String,
+    /// The receiving shard.
+    pub to: u16,
+    /// Units taken out.
+    pub units: u64,
+}
+
+/// What a shard's scripts must remember, as the ledger knows it, since the shard's latest
+/// load (a load starts a shard afresh; a restore does not): what makes restocks and moves
+/// idempotent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardRecords {
+    /// Restock ops applied to the shard: op id and units.
+    pub ops: Vec<(String, u64)>,
+    /// Moves applied into the shard: move id and units.
+    pub moves_in: Vec<(String, u64)>,
+    /// Moves taken out of the shard.
+    pub moves_out: Vec<MoveOut>,
+    /// Of those, the moves whose units have not arrived: in transit, to be completed.
+    pub pending: Vec<MoveOut>,
+}
+
+/// A SKU's stock as its ledger rows add up.
+///
+/// Per shard, the latest `loaded` or `restored` row is the base: what the shard held then,
+/// plus what its pending moves carried (a restore re-records those moves right after its
+/// base, as `moved_out` rows, so they are counted again from it). A load and a restore
+/// both rebase every shard of the SKU at once, so stock is the bases plus the restocks
+/// after them: moves only carry units between shards, even when one half of a move never
+/// reached the ledger. Units are in transit while a move out after its donor's base has
+/// no `moved_in` anywhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockAccount {
+    /// Units put on sale.
+    pub stock: u64,
+    /// Units taken out of one shard and not put into another yet.
+    pub in_transit: u64,
+    /// Each shard's records, by shard.
+    pub shards: std::collections::BTreeMap<u16, ShardRecords>,
+}
+
+impl StockAccount {
+    /// Folds a SKU's stock rows (in any order).
+    pub fn fold(rows: &[StockRow]) -> Self {
+        type Position = (i64, i64, i64);
+        let latest = |kinds: &[&str]| {
+            let mut latest: HashMap<i64, (Position, i64)> = HashMap::new();
+            for row in rows.iter().filter(|r| kinds.contains(&r.kind.as_str())) {
+                let entry = latest
+                    .entry(row.shard)
+                    .or_insert((row.position, row.quantity));
+                if row.position >= entry.0 {
+                    *entry = (row.position, row.quantity);
+                }
+            }
+            latest
+        };
+        let base = latest(&["loaded", "restored"]);
+        let load = latest(&["loaded"]);
+        let after = |of: &HashMap<i64, (Position, i64)>, row: &StockRow| {
+            of.get(&row.shard).is_some_and(|(p, _)| row.position > *p)
+        };
+        let mut stock: i64 = base.values().map(|(_, quantity)| quantity).sum();
+        stock += rows
+            .iter()
+            .filter(|r| r.kind == "restocked" && after(&base, r))
+            .map(|r| r.quantity)
+            .sum::<i64>();
+        let arrived: std::collections::HashSet<&str> = rows
+            .iter()
+            .filter(|r| r.kind == "moved_in")
+            .filter_map(|r| r.subject.as_deref())
+            .collect();
+        let detail = |row: &StockRow, name: &str| {
+            row.detail
+                .as_deref()
+                .and_then(|d| d.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let mut account = Self::default();
+        let mut sorted: Vec<&StockRow> = rows.iter().collect();
+        sorted.sort_by_key(|r| (r.shard, r.position));
+        for row in sorted {
+            let Ok(shard) = u16::try_from(row.shard) else {
+                continue;
+            };
+            let units = u64::try_from(row.quantity).unwrap_or(0);
+            let records = account.shards.entry(shard).or_default();
+            let subject = row.subject.clone().unwrap_or_default();
+            match row.kind.as_str() {
+                "restocked" if after(&load, row) => {
+                    if let Some(op) = detail(row, "op=") {
+                        if !records.ops.iter().any(|(o, _)| *o == op) {
+                            records.ops.push((op, units));
+                        }
+                    }
+                }
+                "moved_in"
+                    if after(&load, row)
+                        && !records.moves_in.iter().any(|(m, _)| *m == subject) =>
+                {
+                    records.moves_in.push((subject, units));
+                }
+                "moved_out" if after(&load, row) => {
+                    let to = detail(row, "to=").and_then(|t| t.parse().ok()).unwrap_or(0);
+                    let out = MoveOut {
+                        id: subject.clone(),
+                        to,
+                        units,
+                    };
+                    if !records.moves_out.iter().any(|m| m.id == subject) {
+                        records.moves_out.push(out.clone());
+                    }
+                    let live = after(&base, row);
+                    if live
+                        && !arrived.contains(subject.as_str())
+                        && !records.pending.iter().any(|m| m.id == subject)
+                    {
+                        account.in_transit += units;
+                        records.pending.push(out);
+                    }
+                }
+                _ => {}
+            }
         }
+        account.stock = u64::try_from(stock).unwrap_or(0);
+        account
     }
-    let mut units: i64 = base.values().map(|(_, quantity)| quantity).sum();
-    for row in rows {
-        if base.get(&row.shard).is_none_or(|(p, _)| row.position <= *p) {
-            continue;
-        }
-        match row.kind.as_str() {
-            "restocked" | "moved_in" => units += row.quantity,
-            "moved_out" => units -= row.quantity,
-            _ => {}
-        }
-    }
-    let arrived: std::collections::HashSet<&str> = rows
-        .iter()
-        .filter(|r| r.kind == "moved_in")
-        .filter_map(|r| r.subject.as_deref())
-        .collect();
-    let in_transit: i64 = rows
-        .iter()
-        .filter(|r| r.kind == "moved_out")
-        .filter(|r| !r.subject.as_deref().is_some_and(|m| arrived.contains(m)))
-        .map(|r| r.quantity)
-        .sum();
-    (
-        u64::try_from(units + in_transit).unwrap_or(0),
-        u64::try_from(in_transit).unwrap_or(0),
-    )
 }
 
 /// The repository of the ledger.
@@ -198,6 +294,10 @@ pub trait LedgerRepo {
     async fn skus(&self) -> Result<Vec<LedgerSku>, LedgerError>;
     /// Events applied in all (for tests and reports).
     async fn events_applied(&self) -> Result<u64, LedgerError>;
+    /// A SKU's stock-changing rows (loads, restores, restocks, moves).
+    async fn stock_rows(&self, sku: &str) -> Result<Vec<StockRow>, LedgerError>;
+    /// The last stream position settled per shard of a SKU: shard -> (id ms, id seq).
+    async fn settled_positions(&self, sku: &str) -> Result<HashMap<u16, (u64, u64)>, LedgerError>;
     /// The newest settled Redis time per stream, `(sku, shard) -> ms`.
     async fn progress(&self) -> Result<HashMap<(String, u16), u64>, LedgerError>;
 }
@@ -283,6 +383,12 @@ impl LedgerRepo for Ledger {
     async fn events_applied(&self) -> Result<u64, LedgerError> {
         dispatch!(self, l => l.events_applied().await)
     }
+    async fn stock_rows(&self, sku: &str) -> Result<Vec<StockRow>, LedgerError> {
+        dispatch!(self, l => l.stock_rows(sku).await)
+    }
+    async fn settled_positions(&self, sku: &str) -> Result<HashMap<u16, (u64, u64)>, LedgerError> {
+        dispatch!(self, l => l.settled_positions(sku).await)
+    }
     async fn progress(&self) -> Result<HashMap<(String, u16), u64>, LedgerError> {
         dispatch!(self, l => l.progress().await)
     }
@@ -292,31 +398,104 @@ impl LedgerRepo for Ledger {
 mod tests {
     use super::*;
 
-    fn row(kind: &str, shard: i64, ms: i64, quantity: i64, subject: Option<&str>) -> StockRow {
+    fn row(
+        kind: &str,
+        shard: i64,
+        ms: i64,
+        idx: i64,
+        quantity: i64,
+        subject: Option<&str>,
+    ) -> StockRow {
+        let detail = match kind {
+            "restocked" => subject.map(|op| format!("op={op}")),
+            "moved_out" => Some(format!("to={}", 1 - shard)),
+            _ => None,
+        };
         StockRow {
             kind: kind.to_owned(),
             shard,
-            position: (ms, 0, 0),
+            position: (ms, 0, idx),
             quantity,
-            subject: subject.map(str::to_owned),
+            subject: subject
+                .filter(|_| kind.starts_with("moved"))
+                .map(str::to_owned),
+            detail,
         }
     }
 
     #[test]
     fn stock_folds_from_the_latest_base_per_shard() {
         let rows = [
-            row("loaded", 0, 1, 10, None),
-            row("restocked", 0, 2, 5, None),
-            row("loaded", 1, 1, 10, None),
-            row("moved_out", 1, 3, 4, Some("m1")),
-            row("moved_in", 0, 4, 4, Some("m1")),
-            // A restore rebases shard 1 on what it held then (10 - 4).
-            row("restored", 1, 5, 6, None),
-            row("restocked", 1, 6, 2, None),
+            row("loaded", 0, 1, 0, 10, None),
+            row("restocked", 0, 2, 0, 5, Some("op1")),
+            row("loaded", 1, 1, 0, 10, None),
+            row("moved_out", 1, 3, 0, 4, Some("m1")),
+            row("moved_in", 0, 4, 0, 4, Some("m1")),
+            // A restore rebases every shard on what it held then.
+            row("restored", 0, 5, 0, 19, None),
+            row("restored", 1, 5, 0, 6, None),
+            row("restocked", 1, 6, 0, 2, Some("op2")),
         ];
-        assert_eq!(stock_from(&rows), (27, 0));
+        let account = StockAccount::fold(&rows);
+        assert_eq!((account.stock, account.in_transit), (27, 0));
+        assert_eq!(account.shards[&0].ops, vec![("op1".to_owned(), 5)]);
+        assert_eq!(account.shards[&0].moves_in, vec![("m1".to_owned(), 4)]);
+        assert_eq!(account.shards[&1].moves_out.len(), 1);
+        assert!(account.shards[&1].pending.is_empty());
         // Before the move's second half: 4 units in transit, still part of the stock.
-        assert_eq!(stock_from(&rows[..4]), (25, 4));
-        assert_eq!(stock_from(&rows[..5]), (25, 0));
+        let half = StockAccount::fold(&rows[..4]);
+        assert_eq!((half.stock, half.in_transit), (25, 4));
+        assert_eq!(half.shards[&1].pending[0].to, 0);
+        assert_eq!(StockAccount::fold(&rows[..5]).in_transit, 0);
+    }
+
+    /// A move whose second half was settled and whose first half Redis lost before it was:
+    /// the units came out of the donor all the same, so the stock does not grow.
+    #[test]
+    fn a_move_settled_by_its_second_half_alone_adds_nothing() {
+        let rows = [
+            row("loaded", 0, 1, 0, 10, None),
+            row("loaded", 1, 1, 0, 10, None),
+            row("moved_in", 0, 4, 0, 4, Some("m1")),
+        ];
+        let account = StockAccount::fold(&rows);
+        assert_eq!((account.stock, account.in_transit), (20, 0));
+    }
+
+    /// A move cut in half, then a restore of both shards: the restore's base counts the
+    /// pending move's units and re-records the move after it, so the stock stays put and the
+    /// move is still in transit until its second half lands.
+    #[test]
+    fn a_restore_keeps_a_pending_move_in_transit_once() {
+        let mut rows = vec![
+            row("loaded", 0, 1, 0, 10, None),
+            row("loaded", 1, 1, 0, 10, None),
+            row("moved_out", 1, 3, 0, 4, Some("m1")),
+            row("restored", 0, 9, 0, 8, None),
+            row("restored", 1, 9, 0, 12, None),
+            row("moved_out", 1, 9, 1, 4, Some("m1")),
+        ];
+        let restored = StockAccount::fold(&rows);
+        assert_eq!((restored.stock, restored.in_transit), (20, 4));
+        assert_eq!(restored.shards[&1].pending.len(), 1);
+        rows.push(row("moved_in", 0, 10, 0, 4, Some("m1")));
+        let completed = StockAccount::fold(&rows);
+        assert_eq!((completed.stock, completed.in_transit), (20, 0));
+        assert!(completed.shards[&1].pending.is_empty());
+    }
+
+    /// A load starts a shard's records afresh; a restore keeps them.
+    #[test]
+    fn records_count_from_the_latest_load() {
+        let rows = [
+            row("loaded", 0, 1, 0, 10, None),
+            row("restocked", 0, 2, 0, 5, Some("old")),
+            row("loaded", 0, 3, 0, 10, None),
+            row("restocked", 0, 4, 0, 5, Some("op1")),
+            row("restored", 0, 5, 0, 15, None),
+        ];
+        let account = StockAccount::fold(&rows);
+        assert_eq!(account.stock, 15);
+        assert_eq!(account.shards[&0].ops, vec![("op1".to_owned(), 5)]);
     }
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use super::{
-    state_rank, stock_from, Applied, LedgerError, LedgerFigures, LedgerRepo, LedgerReservation,
-    LedgerSku, StockRow,
+    state_rank, Applied, LedgerError, LedgerFigures, LedgerRepo, LedgerReservation, LedgerSku,
+    StockAccount, StockRow,
 };
 use crate::events::{Entry, Event};
 
@@ -242,7 +242,7 @@ fn settle_rows<'a>(fresh: &[&Placed<'a>]) -> Vec<Settled<'a>> {
     merged.into_values().collect()
 }
 
-const SELECT_STOCK_ROWS: &str = "SELECT kind, shard, id_ms, id_seq, idx, quantity, rid \
+const SELECT_STOCK_ROWS: &str = "SELECT kind, shard, id_ms, id_seq, idx, quantity, rid, detail \
     FROM inventory_ledger WHERE sku = $1 \
     AND kind IN ('loaded', 'restored', 'restocked', 'moved_in', 'moved_out')";
 
@@ -262,6 +262,9 @@ const SELECT_SKUS: &str = "SELECT sku, shards, per_user_limit, hold_ms, starts_a
 const COUNT_EVENTS: &str = "SELECT COUNT(*) FROM inventory_ledger";
 
 const SELECT_PROGRESS: &str = "SELECT sku, shard, last_id_ms FROM stream_progress";
+
+const SELECT_POSITIONS: &str =
+    "SELECT shard, last_id_ms, last_id_seq FROM stream_progress WHERE sku = $1";
 
 fn narrow<T: TryFrom<i64>>(value: i64, what: &str) -> Result<T, LedgerError> {
     T::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{what} {value}")))
@@ -438,9 +441,9 @@ macro_rules! ledger_impl {
                 Ok(applied)
             }
 
-            async fn figures(&self, sku: &str) -> Result<LedgerFigures, LedgerError> {
+            async fn stock_rows(&self, sku: &str) -> Result<Vec<StockRow>, LedgerError> {
                 let rows = sqlx::query(SELECT_STOCK_ROWS).bind(sku).fetch_all(&self.pool).await?;
-                let stock_rows = rows
+                Ok(rows
                     .iter()
                     .map(|r| {
                         Ok(StockRow {
@@ -449,10 +452,30 @@ macro_rules! ledger_impl {
                             position: (r.try_get(2)?, r.try_get(3)?, r.try_get(4)?),
                             quantity: r.try_get(5)?,
                             subject: r.try_get(6)?,
+                            detail: r.try_get(7)?,
                         })
                     })
-                    .collect::<Result<Vec<StockRow>, sqlx::Error>>()?;
-                let (stock, in_transit) = stock_from(&stock_rows);
+                    .collect::<Result<Vec<StockRow>, sqlx::Error>>()?)
+            }
+
+            async fn settled_positions(&self, sku: &str) -> Result<HashMap<u16, (u64, u64)>, LedgerError> {
+                let rows = sqlx::query(SELECT_POSITIONS).bind(sku).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            narrow(r.try_get::<i64, _>(0)?, "shard")?,
+                            (
+                                narrow(r.try_get::<i64, _>(1)?, "id")?,
+                                narrow(r.try_get::<i64, _>(2)?, "id")?,
+                            ),
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn figures(&self, sku: &str) -> Result<LedgerFigures, LedgerError> {
+                let StockAccount { stock, in_transit, .. } =
+                    StockAccount::fold(&self.stock_rows(sku).await?);
                 let mut figures = LedgerFigures { stock, in_transit, ..LedgerFigures::default() };
                 for row in sqlx::query(SELECT_STATES).bind(sku).fetch_all(&self.pool).await? {
                     let state: String = row.try_get(0)?;
