@@ -56,6 +56,7 @@ fn sku_config(sku: &Sku) -> SkuConfig {
     SkuConfig {
         sku: sku.clone(),
         shards: 8,
+        ever_shards: 8,
         stock: 100_000_000,
         per_user_limit: 1,
         hold: Duration::from_secs(600),

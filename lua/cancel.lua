@@ -15,10 +15,12 @@
     CONFIRMED   the hold was confirmed: a sale is not cancelled here
     NOT_FOUND   no such reservation in this shard
     NO_SKU      shard not loaded
+    FENCED      a repair owns the shard: nothing changed
   Events: cancelled {rid, user, qty}, or expired {rid, user, qty}.
 ]]
 local rid = ARGV[3]
-prefetch({ ':lim', ':avail', ':held', rid })
+prefetch({ ':fence', ':lim', ':avail', ':held', rid })
+if fenced() then return { now, 0, holdReply(FENCED) } end
 if not hget(':lim') then return { now, 0, holdReply(NO_SKU) } end
 local h = loadHold(rid)
 if not h then return { now, num(':avail'), holdReply(NOT_FOUND) } end

@@ -10,6 +10,7 @@
   ARGV[1] sku, ARGV[2] shard index
   ARGV[3] user
   ARGV[4] idempotency key
+  ARGV[5] the SKU's shard count the caller routed by
 
   Returns {now ms, shard avail after, reply}, reply {code, rid, state, user, qty, deadline ms, key}:
     OK          barrier recorded (empty rid), or the reservation cancelled (state x) or
@@ -17,12 +18,16 @@
     REPLAYED    the barrier or the cancel was there already
     CONFIRMED   the key's reservation was confirmed: a sale is not cancelled here
     NO_SKU      shard not loaded
+    FENCED      a repair owns the shard: nothing changed
+    STALE_ROUTE the shard was loaded for another shard count: reload the SKU, route again
   Events: barrier {user, key}; or cancelled / expired {rid, user, qty}.
 ]]
 local user, key = ARGV[3], ARGV[4]
 local keyField = user .. ':' .. key
-prefetch({ ':lim', ':avail', ':held', keyField })
+prefetch({ ':fence', ':shards', ':lim', ':avail', ':held', keyField })
+if fenced() then return { now, 0, holdReply(FENCED) } end
 if not hget(':lim') then return { now, 0, holdReply(NO_SKU) } end
+if staleRoute(ARGV[5]) then return { now, 0, holdReply(STALE_ROUTE) } end
 local known = hget(keyField)
 if known == BARRIER then return { now, num(':avail'), holdReply(REPLAYED) } end
 if not known then

@@ -19,10 +19,12 @@
     EXPIRED     expired, and the units could not be taken again; reason "stock" or "limit"
     NOT_FOUND   no such reservation in this shard
     NO_SKU      shard not loaded
+    FENCED      a repair owns the shard: nothing changed, try again shortly
   Events: confirmed {rid, user, qty, late}; expired {rid, user, qty} for lazy expiry.
 ]]
 local rid = ARGV[3]
-prefetch({ ':lim', ':avail', rid })
+prefetch({ ':fence', ':lim', ':avail', rid })
+if fenced() then return { now, 0, holdReply(FENCED), '' } end
 local limit = tonumber(hget(':lim'))
 if not limit then return { now, 0, holdReply(NO_SKU), '' } end
 local h = loadHold(rid)

@@ -16,11 +16,14 @@
   Returns {now ms, shard avail after, code}:
     OK          loaded; REPLACED when an earlier load was replaced
     SKU_LIVE    the shard has holds, sales, barriers or moves in flight: nothing changed
+    FENCED      a repair owns the shard: nothing changed
   Events: loaded {qty, limit, hold, start, end, shards}.
 ]]
 local movesKey = KEYS[4]
 local units = tonumber(ARGV[3])
-prefetch({ ':lim', ':avail', ':made', ':held', ':sold' })
+prefetch({ ':fence', ':lim', ':avail', ':made', ':held', ':sold', ':ver' })
+if fenced() then return { now, 0, FENCED } end
+local version = num(':ver')
 local existed = hget(':lim') ~= false
 if num(':made') > 0 or num(':held') > 0 or num(':sold') > 0 or rcall('HLEN', movesKey) > 0 then
   return { now, num(':avail'), SKU_LIVE }
@@ -40,6 +43,9 @@ hset(':lim', ARGV[4])
 hset(':hold', ARGV[5])
 hset(':start', ARGV[6])
 hset(':end', ARGV[7])
+hset(':shards', ARGV[8])
+-- The version goes on across a replace, so that a snapshot taken before it cannot apply.
+hset(':ver', version)
 emit(table.concat({ 'loaded', units, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8] }, '|'))
 commit()
 return { now, units, existed and REPLACED or OK }

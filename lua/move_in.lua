@@ -10,12 +10,14 @@
   ARGV[5] units (integer >= 1)
 
   Returns {now ms, shard avail after, code}:
-    OK, REPLAYED (applied before), NO_SKU
+    OK, REPLAYED (applied before), NO_SKU, FENCED (a repair owns the shard: the move stays
+    pending, and the repair rebuilds it)
   Events: moved_in {move, from, qty}.
 ]]
 local move, from, qty = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local moveField = ':i:' .. move
-prefetch({ ':lim', ':avail', ':moved_in', moveField })
+prefetch({ ':fence', ':lim', ':avail', ':moved_in', moveField })
+if fenced() then return { now, 0, FENCED } end
 if not hget(':lim') then return { now, 0, NO_SKU } end
 if hget(moveField) then return { now, num(':avail'), REPLAYED } end
 incr(':avail', qty)

@@ -20,12 +20,14 @@
     REPLAYED    the move was recorded before: units it took
     SHARD_EMPTY nothing available here
     NO_SKU      shard not loaded
+    FENCED      a repair owns the shard
   Events: moved_out {move, to, qty}.
 ]]
 local movesKey = KEYS[4]
 local move, to, want = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local moveField = ':x:' .. move
-prefetch({ ':lim', ':avail', ':moved_out', moveField })
+prefetch({ ':fence', ':lim', ':avail', ':moved_out', moveField })
+if fenced() then return { now, 0, FENCED, 0 } end
 if not hget(':lim') then return { now, 0, NO_SKU, 0 } end
 local taken = tonumber(hget(moveField))
 if taken then return { now, num(':avail'), REPLAYED, taken } end

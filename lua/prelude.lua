@@ -15,12 +15,20 @@
     :loaded :restocked        units put into this shard by load / restock
     :moved_in :moved_out      units moved into / out of this shard by stock moves
     :made                     reservations and barriers ever recorded (made > 0: live)
+    :ver                      the shard's version: bumped by every call that changes it, so
+                              that a restore applies only to the shard its snapshot saw
+    :shards                   the SKU's shard count this shard was loaded for: a call routed
+                              by another count (an engine's stale copy) is refused
+    :fence                    present while a repair owns the shard: every call that would
+                              change it is refused (FENCED) until the repair lifts it
     :lim :hold :start :end    per-user limit, hold ms, sale window in ms since epoch (0 = open)
     <user>                    units the user holds or bought in this shard
     <user>:<key>              idempotency key -> reservation id, or "!" for a cancel barrier
     <rid>                     a hold (rids contain '~'): "<state>|<user>|<qty>|<deadline ms>|<key>"
                               state: h held, c confirmed, x cancelled, e expired
     :o:<op> :i:<move> :x:<move>   applied restock ops, applied incoming moves, outgoing moves
+  A shard hash may hold nothing but :fence: a repair fences a shard Redis lost before it
+  rebuilds it, so that nothing is written there meanwhile.
 
   Events: each script call that changes anything appends one stream entry with fields
   sku, shard, ts (Redis time, ms) and ev: its events, one per line, in the order they
@@ -30,11 +38,13 @@
     barrier|user|key                        restocked|qty|op
     loaded|qty|limit|hold ms|start|end|shards
     moved_out|move|to shard|qty             moved_in|move|from shard|qty
+    restored|qty                            (restore_shard.lua: the shard's new base)
   One entry per call keeps a coalesced reserve of many requests to a single XADD.
 
   Discipline: every read goes through hget (cached), every write is buffered by hset/emit
   and applied by commit() at the very end. A script therefore checks everything before it
-  writes anything: Redis never rolls back a script that fails midway.
+  writes anything: Redis never rolls back a script that fails midway. Every call that may
+  change the shard asks fenced() first, before anything else (a fenced shard may be empty).
   Time is Redis TIME, in ms; a hold is expired from its deadline on (now >= deadline).
 ]]
 local rcall = redis.call
@@ -45,6 +55,7 @@ local sku, shard = ARGV[1], ARGV[2]
 local OK, REPLAYED, SHARD_EMPTY, LIMIT, NOT_STARTED, ENDED = 0, 1, 2, 3, 4, 5
 local NO_SKU, BAD_QTY, KEY_REUSED, KEY_CANCELLED, NOT_FOUND = 6, 7, 8, 9, 10
 local CANCELLED, CONFIRMED, EXPIRED, SKU_LIVE, DUPLICATE_ID, REPLACED = 11, 12, 13, 14, 15, 16
+local FENCED, STALE_ROUTE = 17, 18
 
 local BARRIER = '!'
 -- Expired holds a script returns on its own when it meets a shortage (the sweeper does the rest).
@@ -80,6 +91,17 @@ end
 local function hset(field, value)
   cache[field] = value
   dirty[field] = true
+end
+
+-- Whether a repair owns the shard (see :fence above).
+local function fenced()
+  return hget(':fence') ~= false
+end
+
+-- Whether the caller routed by another shard count than the one this shard was loaded for.
+local function staleRoute(routed)
+  local shards = hget(':shards')
+  return shards ~= false and tonumber(shards) ~= tonumber(routed)
 end
 
 local function num(field)
@@ -154,7 +176,9 @@ local function sweep(limit)
   return expired, #due == limit
 end
 
+-- Every call that changes the shard (and so emits) bumps its version with its writes.
 local function commit()
+  if #events > 0 then incr(':ver', 1) end
   local args = {}
   for field in pairs(dirty) do
     args[#args + 1] = field

@@ -18,7 +18,8 @@
 
   KEYS[1] shard hash, KEYS[2] deadline index, KEYS[3] event stream (see prelude.lua)
   ARGV[1] sku, ARGV[2] shard index
-  ARGV[3] number of requests n, then n times:
+  ARGV[3] the SKU's shard count the caller routed by (each user's home shard depends on it)
+  ARGV[4] number of requests n, then n times:
     rid       reservation id proposed by the caller (unique, random)
     user      user id
     qty       units wanted
@@ -39,32 +40,39 @@
     SHARD_EMPTY    this shard has fewer than qty units (the engine then moves stock here)
     DUPLICATE_ID   the proposed rid exists already (the caller draws another)
     NO_SKU         shard not loaded (every reply)
+    FENCED         a repair owns the shard: nothing changed (every reply)
+    STALE_ROUTE    the shard was loaded for another shard count: the caller's copy of the
+                   SKU is stale and a user's home shard may differ (every reply)
   Events: reserved {rid, user, qty, deadline, key}; expired {rid, user, qty} for lazy expiry.
 ]]
-local n = tonumber(ARGV[3])
-local fields = { ':lim', ':hold', ':start', ':end', ':avail', ':held', ':made' }
+local n = tonumber(ARGV[4])
+local fields = { ':lim', ':hold', ':start', ':end', ':avail', ':held', ':made', ':fence', ':shards', ':ver' }
 for i = 1, n do
-  local b = i * 5 - 1
-  fields[3 * i + 5], fields[3 * i + 6], fields[3 * i + 7] = ARGV[b], ARGV[b + 1], ARGV[b + 4]
+  local b = i * 5
+  fields[3 * i + 8], fields[3 * i + 9], fields[3 * i + 10] = ARGV[b], ARGV[b + 1], ARGV[b + 4]
 end
 local values = rcall('HMGET', shardKey, unpack(fields))
 
 local replies = {}
-local limit = tonumber(values[1])
-if not limit then
-  for i = 1, n do replies[i] = { NO_SKU, '', '', 0, 0 } end
+local function refuseAll(code)
+  for i = 1, n do replies[i] = { code, '', '', 0, 0 } end
   return { now, 0, replies }
 end
+if values[8] then return refuseAll(FENCED) end
+local limit = tonumber(values[1])
+if not limit then return refuseAll(NO_SKU) end
+if values[9] and tonumber(values[9]) ~= tonumber(ARGV[3]) then return refuseAll(STALE_ROUTE) end
 local holdMs = tonumber(values[2]) or 0
 local startsAt, endsAt = tonumber(values[3]) or 0, tonumber(values[4]) or 0
 
 -- The fast path. Returns nil, having written nothing, when a request needs the general path.
 local function fastPath()
   local avail, held, made = tonumber(values[5]) or 0, tonumber(values[6]) or 0, tonumber(values[7]) or 0
+  local version = tonumber(values[10]) or 0
   local deadline = now + holdMs
   local seen, codes, writes, deadlines, lines = {}, {}, {}, {}, {}
   for i = 1, n do
-    local b, v = i * 5 - 1, 3 * i + 5
+    local b, v = i * 5, 3 * i + 8
     local rid, user, key, keyField = ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
     local qty = tonumber(ARGV[b + 2])
     -- A known key (a replay or a barrier), a taken id, or a second request of one user in
@@ -96,6 +104,7 @@ local function fastPath()
     writes[w + 1], writes[w + 2] = ':avail', avail
     writes[w + 3], writes[w + 4] = ':held', held
     writes[w + 5], writes[w + 6] = ':made', made
+    writes[w + 7], writes[w + 8] = ':ver', version + 1
     rcall('HSET', shardKey, unpack(writes))
     rcall('ZADD', deadlinesKey, unpack(deadlines))
     rcall('XADD', eventsKey, '*', 'sku', sku, 'shard', shard, 'ts', now, 'ev', table.concat(lines, '\n'))
@@ -157,7 +166,7 @@ local function reserveOne(rid, user, qty, key, keyField)
 end
 
 for i = 1, n do
-  local b = i * 5 - 1
+  local b = i * 5
   replies[i] = reserveOne(ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4])
 end
 commit()

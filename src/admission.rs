@@ -340,6 +340,7 @@ mod tests {
         SkuConfig {
             sku: Sku::new("tv").unwrap(),
             shards: 1,
+            ever_shards: 1,
             stock: 1,
             per_user_limit: 1,
             hold: Duration::from_secs(60),

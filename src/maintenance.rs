@@ -13,15 +13,25 @@ use crate::store::{Store, StoreError, SweepReport};
 /// Index entries one pass looks at per shard; the next pass continues.
 const ENTRIES_PER_PASS: u32 = 4096;
 
-/// One pass over every loaded SKU. Returns the holds expired and moves completed.
+/// One pass over every loaded SKU. Returns the holds expired and moves completed. A SKU
+/// a repair fences is passed over (its scripts refuse; the repair rebuilds its holds and
+/// moves), and so is one that fails: the others are still served.
 pub async fn run_once(store: &Store) -> Result<(SweepReport, u64), StoreError> {
     let mut swept = SweepReport::default();
     let mut moves = 0;
     for sku in store.skus().await? {
-        let report = store.sweep(&sku, ENTRIES_PER_PASS).await?;
-        swept.expired += report.expired;
-        swept.more |= report.more;
-        moves += store.recover_moves(&sku).await?;
+        let done = async {
+            let report = store.sweep(&sku, ENTRIES_PER_PASS).await?;
+            swept.expired += report.expired;
+            swept.more |= report.more;
+            moves += store.recover_moves(&sku).await?;
+            Ok::<_, StoreError>(())
+        };
+        match done.await {
+            Ok(()) | Err(StoreError::Recovering) => {}
+            Err(StoreError::Redis(error)) => return Err(StoreError::Redis(error)),
+            Err(error) => tracing::warn!(%error, %sku, "maintenance of a sku failed"),
+        }
     }
     Ok((swept, moves))
 }

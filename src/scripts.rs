@@ -14,6 +14,12 @@ macro_rules! with_prelude {
     };
 }
 
+macro_rules! alone {
+    ($file:literal) => {
+        Script::new(include_str!(concat!("../lua/", $file)))
+    };
+}
+
 /// One compiled handle per script; cheap to share.
 #[derive(Debug)]
 pub struct Scripts {
@@ -35,8 +41,16 @@ pub struct Scripts {
     pub move_out: Script,
     /// `lua/move_in.lua`: puts units in transit into the receiving shard.
     pub move_in: Script,
-    /// `lua/restore_shard.lua`: rebuilds a shard from the ledger (audit repair).
+    /// `lua/restore_shard.lua`: rebuilds a fenced shard from the ledger (a repair).
     pub restore_shard: Script,
+    /// `lua/fence_shard.lua`: a repair takes a shard; state-changing scripts refuse.
+    pub fence_shard: Script,
+    /// `lua/unfence_shard.lua`: lifts a repair's fence.
+    pub unfence_shard: Script,
+    /// `lua/take_lease.lua`: takes a SKU's repair lease (no prelude).
+    pub take_lease: Script,
+    /// `lua/release_lease.lua`: gives up a SKU's repair lease (no prelude).
+    pub release_lease: Script,
 }
 
 impl Scripts {
@@ -53,6 +67,10 @@ impl Scripts {
             move_out: with_prelude!("move_out.lua"),
             move_in: with_prelude!("move_in.lua"),
             restore_shard: with_prelude!("restore_shard.lua"),
+            fence_shard: with_prelude!("fence_shard.lua"),
+            unfence_shard: with_prelude!("unfence_shard.lua"),
+            take_lease: alone!("take_lease.lua"),
+            release_lease: alone!("release_lease.lua"),
         }
     }
 }
@@ -100,13 +118,17 @@ pub enum ScriptCode {
     DuplicateId,
     /// A load replaced an earlier one.
     Replaced,
+    /// A repair owns the shard: nothing changed.
+    Fenced,
+    /// The caller routed by another shard count than the shard was loaded for.
+    StaleRoute,
 }
 
 impl ScriptCode {
     /// The code for a script's integer, or `None` for one no script returns.
     pub fn from_i64(code: i64) -> Option<Self> {
         use ScriptCode::*;
-        const ALL: [ScriptCode; 17] = [
+        const ALL: [ScriptCode; 19] = [
             Ok,
             Replayed,
             ShardEmpty,
@@ -124,6 +146,8 @@ impl ScriptCode {
             SkuLive,
             DuplicateId,
             Replaced,
+            Fenced,
+            StaleRoute,
         ];
         usize::try_from(code).ok().and_then(|i| ALL.get(i).copied())
     }
@@ -162,6 +186,8 @@ mod tests {
             ("SKU_LIVE", ScriptCode::SkuLive),
             ("DUPLICATE_ID", ScriptCode::DuplicateId),
             ("REPLACED", ScriptCode::Replaced),
+            ("FENCED", ScriptCode::Fenced),
+            ("STALE_ROUTE", ScriptCode::StaleRoute),
         ];
         let declared = parse_prelude_codes(PRELUDE);
         assert_eq!(declared.len(), names.len(), "{declared:?}");
@@ -174,7 +200,7 @@ mod tests {
             assert_eq!(ScriptCode::from_i64(value), Some(code), "{name}");
         }
         assert_eq!(ScriptCode::from_i64(-1), None);
-        assert_eq!(ScriptCode::from_i64(17), None);
+        assert_eq!(ScriptCode::from_i64(19), None);
     }
 
     /// Reads `local A, B = 0, 1` lines of upper-case names from the prelude.

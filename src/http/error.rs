@@ -208,7 +208,9 @@ impl ApiError {
                     | StoreError::KeyReused
                     | StoreError::InvalidSpec(_) => S::UNPROCESSABLE_ENTITY,
                     StoreError::Expired(_) => S::GONE,
-                    StoreError::Contended | StoreError::Redis(_) => S::SERVICE_UNAVAILABLE,
+                    StoreError::Contended | StoreError::Recovering | StoreError::Redis(_) => {
+                        S::SERVICE_UNAVAILABLE
+                    }
                     StoreError::Protocol(_) => S::INTERNAL_SERVER_ERROR,
                 };
                 let retry = (status == S::SERVICE_UNAVAILABLE).then_some(RETRY_SOON);
@@ -332,6 +334,7 @@ fn title_of(code: &str) -> &'static str {
         "sku_live" => "SKU is live",
         "invalid_sku_spec" => "Invalid SKU specification",
         "unavailable" => "Service unavailable",
+        "recovering" => "SKU being repaired",
         _ => "Internal error",
     }
 }

@@ -24,6 +24,8 @@ const QUEUE: usize = 4096;
 /// A reserve waiting for its shard's next call.
 pub(super) struct Pending {
     pub id: ReservationId,
+    /// The SKU's shard count the request was routed by (checked by the script).
+    pub shards: u16,
     pub request: ReserveRequest,
     pub reply: oneshot::Sender<Result<(u64, RawReserve), StoreError>>,
 }
@@ -33,6 +35,7 @@ impl Store {
     pub(super) async fn reserve_coalesced(
         &self,
         shard: u16,
+        shards: u16,
         id: ReservationId,
         request: &ReserveRequest,
     ) -> Result<(u64, RawReserve), StoreError> {
@@ -40,6 +43,7 @@ impl Store {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             id,
+            shards,
             request: request.clone(),
             reply,
         };
@@ -102,11 +106,17 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
         };
         users.clear();
         users.insert(user_tag(&first));
+        // One call is checked against one routed shard count: requests routed by another
+        // (an engine's copy of the SKU changing under it) wait for the next batch.
+        let shards = first.shards;
         batch.push(first);
         // Deferred requests first (they waited), then what is queued.
         let mut still_deferred = VecDeque::new();
         while let Some(pending) = deferred.pop_front() {
-            if batch.len() < MAX_BATCH && users.insert(user_tag(&pending)) {
+            if batch.len() < MAX_BATCH
+                && pending.shards == shards
+                && users.insert(user_tag(&pending))
+            {
                 batch.push(pending);
             } else {
                 still_deferred.push_back(pending);
@@ -115,7 +125,9 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
         deferred = still_deferred;
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(next) if users.insert(user_tag(&next)) => batch.push(next),
+                Ok(next) if next.shards == shards && users.insert(user_tag(&next)) => {
+                    batch.push(next)
+                }
                 Ok(next) => deferred.push_back(next),
                 Err(_) => break,
             }
@@ -124,7 +136,7 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
         let store = Store { inner };
         let result = {
             let requests: Vec<_> = batch.iter().map(|p| (&p.id, &p.request)).collect();
-            store.reserve_batch(shard, &requests).await
+            store.reserve_batch(shard, shards, &requests).await
         };
         let sent = batch.len();
         match result {

@@ -56,6 +56,10 @@ pub enum StoreError {
     /// Concurrent reserves kept taking the units moved for this one; retrying may succeed.
     #[error("stock is contended; retry")]
     Contended,
+    /// A repair owns the SKU's shard (it is being rebuilt from the ledger): nothing changed;
+    /// the same request shortly after will be answered.
+    #[error("this SKU is being repaired from the ledger; retry shortly")]
+    Recovering,
     /// Redis failed or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -122,6 +126,7 @@ impl StoreError {
             Self::Expired(_) => "reservation_expired",
             Self::SkuLive => "sku_live",
             Self::InvalidSpec(_) => "invalid_sku_spec",
+            Self::Recovering => "recovering",
             Self::Contended | Self::Redis(_) | Self::Protocol(_) => "unavailable",
         }
     }
@@ -145,6 +150,7 @@ impl StoreError {
             ScriptCode::Confirmed => Self::Confirmed,
             ScriptCode::Expired => Self::Expired(ExpiredBecause::Stock),
             ScriptCode::SkuLive => Self::SkuLive,
+            ScriptCode::Fenced => Self::Recovering,
             other => Self::Protocol(format!("{other:?} is not a refusal")),
         }
     }
@@ -175,6 +181,7 @@ mod tests {
             (ScriptCode::Confirmed, "reservation_confirmed"),
             (ScriptCode::Expired, "reservation_expired"),
             (ScriptCode::SkuLive, "sku_live"),
+            (ScriptCode::Fenced, "recovering"),
         ];
         for (code, expected) in refusals {
             assert_eq!(StoreError::from_code(code).code(), expected, "{code:?}");
@@ -184,6 +191,7 @@ mod tests {
             ScriptCode::Replayed,
             ScriptCode::Replaced,
             ScriptCode::DuplicateId,
+            ScriptCode::StaleRoute,
         ] {
             assert!(matches!(
                 StoreError::from_code(not_a_refusal),

@@ -13,7 +13,7 @@ mod batcher;
 mod connection;
 mod error;
 mod moves;
-mod restore;
+mod repair;
 mod types;
 
 use moves::Refill;
@@ -34,7 +34,7 @@ use crate::sharding::{default_shards, home_shard, split};
 
 pub use connection::StoreConnection;
 pub use error::{ExpiredBecause, QuantityBound, StoreError};
-pub use restore::{ShardImage, ShardSnapshot};
+pub use repair::{RestoreOutcome, ShardImage, ShardRules, ShardSnapshot};
 pub use types::{
     HoldState, Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport,
     Totals, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
@@ -81,6 +81,8 @@ type ShardOf = (Sku, u16);
 
 struct Inner {
     conn: ConnectionManager,
+    /// Where Redis is, for the connections of the store's own readers (a repair's drain).
+    redis_url: String,
     keys: KeySpace,
     scripts: Scripts,
     /// SKU configurations by SKU. A SKU's shard count only changes when it is replaced,
@@ -118,6 +120,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
+                redis_url: options.redis_url.clone(),
                 keys,
                 scripts: Scripts::new(),
                 configs: RwLock::new(HashMap::new()),
@@ -127,6 +130,11 @@ impl Store {
                 suspect: Arc::default(),
             }),
         })
+    }
+
+    /// The Redis URL the store was opened on.
+    pub fn redis_url(&self) -> &str {
+        &self.inner.redis_url
     }
 
     /// The key names this store uses.
@@ -208,7 +216,7 @@ impl Store {
         spec.validate()?;
         let shards = spec.shards.unwrap_or_else(|| default_shards(spec.stock));
         let old = self.read_config(sku).await?;
-        let touched = shards.max(old.as_ref().map_or(0, |c| c.shards));
+        let touched = shards.max(old.as_ref().map_or(0, |c| c.ever_shards));
         if self.any_shard_live(sku, touched).await? {
             return Err(StoreError::SkuLive);
         }
@@ -236,6 +244,7 @@ impl Store {
         let config = SkuConfig {
             sku: sku.clone(),
             shards,
+            ever_shards: touched,
             stock: spec.stock,
             per_user_limit: spec.per_user_limit,
             hold: Duration::from_millis(hold_ms),
@@ -265,6 +274,7 @@ impl Store {
                 &meta,
                 &[
                     ("shards", u64::from(config.shards)),
+                    ("ever_shards", u64::from(config.ever_shards)),
                     ("stock", config.stock),
                     ("per_user_limit", u64::from(config.per_user_limit)),
                     ("hold_ms", config.hold.as_millis() as u64),
@@ -321,10 +331,15 @@ impl Store {
         let narrow = |v: u64| {
             u32::try_from(v).map_err(|_| StoreError::Protocol("sku meta out of range".into()))
         };
+        let count = |name: &str| {
+            u16::try_from(get(name)?)
+                .map_err(|_| StoreError::Protocol("shard count out of range".into()))
+        };
+        let shards = count("shards")?;
         Ok(Some(SkuConfig {
             sku: sku.clone(),
-            shards: u16::try_from(get("shards")?)
-                .map_err(|_| StoreError::Protocol("shard count out of range".into()))?,
+            shards,
+            ever_shards: count("ever_shards")?.max(shards),
             stock: get("stock")?,
             per_user_limit: narrow(get("per_user_limit")?)?,
             hold: Duration::from_millis(get("hold_ms")?),
@@ -415,30 +430,40 @@ impl Store {
         if quantity == 0 || quantity > MAX_STOCK {
             return Err(StoreError::InvalidQuantity(QuantityBound::Restock));
         }
-        let config = self.config(sku).await?;
         let op = op.map_or_else(random_token, |op| op.as_str().to_owned());
         let mut conn = self.connection();
-        for (shard, units) in (0..config.shards).zip(split(quantity, config.shards)) {
-            if units == 0 {
-                continue;
-            }
-            let (_, _, code): (u64, i64, i64) = self
-                .invocation(&self.inner.scripts.restock, sku, shard, false)
-                .arg(units)
-                .arg(&op)
-                .invoke_async(&mut conn)
-                .await?;
-            match StoreError::from_raw(code)? {
-                ScriptCode::Ok | ScriptCode::Replayed => {}
-                ScriptCode::NoSku => {
-                    self.forget(sku);
-                    return Err(StoreError::UnknownSku);
+        'route: for _ in 0..MAX_RESERVE_ROUNDS {
+            let config = self.config(sku).await?;
+            for (shard, units) in (0..config.shards).zip(split(quantity, config.shards)) {
+                if units == 0 {
+                    continue;
                 }
-                other => return Err(StoreError::from_code(other)),
+                let (_, _, code): (u64, i64, i64) = self
+                    .invocation(&self.inner.scripts.restock, sku, shard, false)
+                    .arg(units)
+                    .arg(&op)
+                    .arg(config.shards)
+                    .invoke_async(&mut conn)
+                    .await?;
+                match StoreError::from_raw(code)? {
+                    ScriptCode::Ok | ScriptCode::Replayed => {}
+                    ScriptCode::NoSku => {
+                        self.forget(sku);
+                        return Err(StoreError::UnknownSku);
+                    }
+                    // Split by a stale shard count: the shards already done keep their
+                    // share (the op id makes them replay), the rest follow the new count.
+                    ScriptCode::StaleRoute => {
+                        self.reload_config(sku).await?;
+                        continue 'route;
+                    }
+                    other => return Err(StoreError::from_code(other)),
+                }
             }
+            self.units_returned(sku);
+            return self.totals(sku).await;
         }
-        self.units_returned(sku);
-        self.totals(sku).await
+        Err(StoreError::Contended)
     }
 
     /// A SKU's units summed over its shards. On a single Redis the shards are read in one
@@ -447,7 +472,7 @@ impl Store {
         let config = self.config(sku).await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for shard in 0..config.shards {
+        for shard in 0..config.ever_shards {
             pipe.hmget(
                 self.shard_keys(sku, shard).hash,
                 &[
@@ -459,9 +484,17 @@ impl Store {
                     ":moved_in",
                     ":moved_out",
                 ],
-            );
+            )
+            .hexists(self.shard_keys(sku, shard).hash, ":fence");
         }
-        let shards: Vec<Vec<Option<u64>>> = pipe.query_async(&mut self.connection()).await?;
+        let replies: Vec<Value> = pipe.query_async(&mut self.connection()).await?;
+        let mut shards = Vec::with_capacity(usize::from(config.ever_shards));
+        let mut fenced = false;
+        let mut replies = replies.into_iter();
+        while let (Some(counters), Some(fence)) = (replies.next(), replies.next()) {
+            shards.push(parse::<Vec<Option<u64>>>(counters)?);
+            fenced |= parse::<bool>(fence)?;
+        }
         let mut totals = Totals::default();
         let (mut moved_in, mut moved_out) = (0, 0);
         for counters in shards {
@@ -475,6 +508,7 @@ impl Store {
             moved_out += c(6);
         }
         totals.in_transit = moved_out.saturating_sub(moved_in);
+        totals.fenced = fenced;
         Ok(totals)
     }
 
@@ -492,10 +526,13 @@ impl Store {
                 config.per_user_limit,
             )));
         }
-        let shard = home_shard(&request.user, config.shards);
+        let mut config = config;
         for _ in 0..MAX_RESERVE_ROUNDS {
+            let shard = home_shard(&request.user, config.shards);
             let id = ReservationId::generate(&request.sku, shard);
-            let (now, reply) = self.reserve_coalesced(shard, id, request).await?;
+            let (now, reply) = self
+                .reserve_coalesced(shard, config.shards, id, request)
+                .await?;
             self.observe_redis_time(now);
             let code = StoreError::from_raw(reply.0)?;
             match code {
@@ -516,6 +553,14 @@ impl Store {
                     });
                 }
                 ScriptCode::DuplicateId => continue,
+                // The SKU was replaced with another shard count since this engine read it:
+                // the user's home shard may be another one now.
+                ScriptCode::StaleRoute => {
+                    config = self
+                        .reload_config(&request.sku)
+                        .await?
+                        .ok_or(StoreError::UnknownSku)?;
+                }
                 ScriptCode::ShardEmpty => {
                     match self.refill(&config, shard, request.quantity).await? {
                         Refill::Ready => {}
@@ -546,13 +591,14 @@ impl Store {
     pub async fn reserve_batch(
         &self,
         shard: u16,
+        shards: u16,
         requests: &[(&ReservationId, &ReserveRequest)],
     ) -> Result<(u64, i64, Vec<RawReserve>), StoreError> {
         let Some((_, first)) = requests.first() else {
             return Ok((0, 0, Vec::new()));
         };
         let mut call = self.invocation(&self.inner.scripts.reserve, &first.sku, shard, false);
-        call.arg(requests.len());
+        call.arg(shards).arg(requests.len());
         for (id, request) in requests {
             debug_assert_eq!(request.sku, first.sku, "one batch, one SKU");
             call.arg(id.as_str())
@@ -660,14 +706,29 @@ impl Store {
         user: &UserId,
         key: &IdempotencyKey,
     ) -> Result<Option<Reservation>, StoreError> {
-        let config = self.config(sku).await?;
-        let shard = home_shard(user, config.shards);
-        let (now, _, reply): (u64, i64, RawHold) = self
-            .invocation(&self.inner.scripts.cancel_by_key, sku, shard, false)
-            .arg(user.as_str())
-            .arg(key.as_str())
-            .invoke_async(&mut self.connection())
-            .await?;
+        let mut config = self.config(sku).await?;
+        let mut rounds = 0;
+        let (now, reply) = loop {
+            let shard = home_shard(user, config.shards);
+            let (now, _, reply): (u64, i64, RawHold) = self
+                .invocation(&self.inner.scripts.cancel_by_key, sku, shard, false)
+                .arg(user.as_str())
+                .arg(key.as_str())
+                .arg(config.shards)
+                .invoke_async(&mut self.connection())
+                .await?;
+            rounds += 1;
+            if StoreError::from_raw(reply.0)? != ScriptCode::StaleRoute {
+                break (now, reply);
+            }
+            if rounds == MAX_RESERVE_ROUNDS {
+                return Err(StoreError::Contended);
+            }
+            config = self
+                .reload_config(sku)
+                .await?
+                .ok_or(StoreError::UnknownSku)?;
+        };
         match StoreError::from_raw(reply.0)? {
             ScriptCode::Ok | ScriptCode::Replayed if reply.1.is_empty() => Ok(None),
             ScriptCode::Ok => {
@@ -726,7 +787,7 @@ impl Store {
         let config = self.config(sku).await?;
         let mut keys = std::collections::HashSet::new();
         let mut conn = self.connection();
-        for shard in 0..config.shards {
+        for shard in 0..config.ever_shards {
             let hash = self.shard_keys(sku, shard).hash;
             let mut cursor = 0u64;
             loop {
@@ -756,7 +817,7 @@ impl Store {
     pub async fn sweep(&self, sku: &Sku, max_per_shard: u32) -> Result<SweepReport, StoreError> {
         let config = self.config(sku).await?;
         let mut report = SweepReport::default();
-        for shard in 0..config.shards {
+        for shard in 0..config.ever_shards {
             let shard_report = self.sweep_shard(sku, shard, max_per_shard).await?;
             report.expired += shard_report.expired;
             report.more |= shard_report.more;
@@ -777,11 +838,14 @@ impl Store {
         let mut left = max;
         while left > 0 {
             let batch = left.min(SWEEP_BATCH);
-            let (_, _, expired, more): (u64, i64, u64, u8) = self
+            let (_, _, expired, more, code): (u64, i64, u64, u8, i64) = self
                 .invocation(&self.inner.scripts.sweep, sku, shard, false)
                 .arg(batch)
                 .invoke_async(&mut self.connection())
                 .await?;
+            if StoreError::from_raw(code)? == ScriptCode::Fenced {
+                return Err(StoreError::Recovering);
+            }
             report.expired += expired;
             report.more = more == 1;
             left -= batch;

@@ -117,7 +117,7 @@ impl Store {
             }
             if !completed && shards.iter().any(|s| s.pending_moves > 0) {
                 completed = true;
-                self.complete_moves(&config.sku, config.shards).await?;
+                self.complete_moves(&config.sku, config.ever_shards).await?;
                 continue;
             }
             let donor = (0..config.shards)
@@ -157,9 +157,9 @@ impl Store {
     /// sweeper).
     pub async fn available(&self, sku: &Sku) -> Result<u64, StoreError> {
         let config = self.config(sku).await?;
-        let (now, shards) = self.shard_status(sku, config.shards).await?;
+        let (now, shards) = self.shard_status(sku, config.ever_shards).await?;
         let mut swept = false;
-        for (shard, status) in (0..config.shards).zip(&shards) {
+        for (shard, status) in (0..config.ever_shards).zip(&shards) {
             if status.earliest_deadline.is_some_and(|d| d <= now) {
                 swept |= self
                     .sweep_shard(sku, shard, super::SWEEP_BATCH)
@@ -171,7 +171,7 @@ impl Store {
         if !swept {
             return Ok(shards.iter().map(|s| s.avail).sum());
         }
-        let (_, shards) = self.shard_status(sku, config.shards).await?;
+        let (_, shards) = self.shard_status(sku, config.ever_shards).await?;
         Ok(shards.iter().map(|s| s.avail).sum())
     }
 
@@ -294,6 +294,6 @@ impl Store {
     /// Completes the moves of a SKU left pending (see [`Store::complete_moves`]).
     pub async fn recover_moves(&self, sku: &Sku) -> Result<u64, StoreError> {
         let config = self.config(sku).await?;
-        self.complete_moves(sku, config.shards).await
+        self.complete_moves(sku, config.ever_shards).await
     }
 }

@@ -73,8 +73,12 @@ impl SkuSpec {
 pub struct SkuConfig {
     /// The SKU.
     pub sku: Sku,
-    /// Its shard count.
+    /// Its shard count: users are routed over shards `0..shards`.
     pub shards: u16,
+    /// The most shards it ever had (a replace may lower the count): shards
+    /// `shards..ever_shards` hold nothing new, but their streams, holds and counters are
+    /// settled, swept, totalled and audited like the others.
+    pub ever_shards: u16,
     /// Units it was loaded with.
     pub stock: u64,
     /// Units one user may hold or buy.
@@ -196,6 +200,8 @@ pub struct Totals {
     pub restocked: u64,
     /// Units taken out of one shard and not yet put into another.
     pub in_transit: u64,
+    /// Whether a repair fences any of its shards.
+    pub fenced: bool,
 }
 
 impl Totals {

@@ -475,7 +475,8 @@ async fn restock_adds_units_once_per_operation() {
             sold: 0,
             loaded: 0,
             restocked: 7,
-            in_transit: 0
+            in_transit: 0,
+            fenced: false,
         }
     );
 }
