@@ -8,12 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
-use crate::audit;
 use crate::config::{AuditArgs, LedgerArgs, ReconcileArgs, RedisArgs, ServeConfig};
 use crate::demo::{self, DemoOptions};
 use crate::http::{shutdown_signal, unreachable_redis, Application};
 use crate::ledger::Ledger;
 use crate::reconcile::Reconciler;
+use crate::recovery::audit;
 use crate::store::Store;
 
 /// Flash-sale inventory reservation engine.

@@ -98,9 +98,9 @@ pub struct ServeConfig {
     #[arg(long, env = "FLASHSALE_AUDIT_INTERVAL_S", default_value_t = 10)]
     pub audit_interval_s: u64,
 
-    /// Do not repair Redis from the ledger when it is found to have lost data (after a
-    /// restart, or by the quick audit): requests then stay suspended until someone runs
-    /// `flashsale audit --repair`.
+    /// Do not repair Redis from the ledger when it restarted and lost data: requests then
+    /// stay suspended until someone runs `flashsale audit --repair`. (Drift the quick audit
+    /// finds on a Redis that did not restart is only reported, whatever this says.)
     #[arg(long, env = "FLASHSALE_NO_AUDIT_REPAIR")]
     pub no_audit_repair: bool,
 

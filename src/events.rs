@@ -26,8 +26,9 @@ pub enum Event {
         /// Shards of the SKU.
         shards: u16,
     },
-    /// The audit rebuilt the shard from the ledger; it holds `qty` units in all now
-    /// (available, held and sold), the new base for its counters.
+    /// A repair rebuilt the shard from the ledger; it holds `qty` units in all now
+    /// (available, held and sold, plus what its pending moves carry, which the same entry
+    /// records again as `moved_out` events), the new base for its counters.
     Restored {
         /// Units in the shard.
         qty: u64,

@@ -7,22 +7,17 @@
 //!   loaded once, so that retries of reserves that did succeed are not refused.
 //! - Every second, each known SKU's window is read again (another engine may have replaced
 //!   the SKU).
-//! - Every poll, Redis's run id is compared with the one last checked against the ledger.
-//!   A Redis that restarted may have lost acknowledged writes (its append-only file synced
-//!   every second, or none at all) and then looks plausible but stale: selling on its word
-//!   could sell a unit twice. So the engine suspends every request that would call Redis,
-//!   audits Redis against the ledger (repairing it, unless told not to), and resumes.
+//! - Every poll, Redis's run id is compared with the one last checked against the ledger
+//!   ([`crate::recovery::identity`]): a restarted Redis is checked, and repaired, before the
+//!   engine sells on it again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use tokio::sync::OnceCell;
-
 use crate::admission::Admission;
-use crate::audit::{self, AuditError};
-use crate::ledger::Ledger;
+use crate::recovery::identity::{check_identity, Trust};
 use crate::store::{Store, StoreError};
 
 /// Polls between two reloads of the SKUs' windows.
@@ -59,74 +54,6 @@ pub async fn reload(store: &Store, admission: &Admission) -> Result<(), StoreErr
         }
     }
     Ok(())
-}
-
-/// How the identity check trusts a Redis it has not checked yet.
-#[derive(Clone)]
-pub struct Trust {
-    /// The ledger, once connected.
-    pub ledger: Arc<OnceCell<Ledger>>,
-    /// Whether a ledger is configured at all (without one there is nothing to compare).
-    pub ledger_expected: bool,
-    /// Repair drift found after a restart; otherwise stay suspended until someone runs
-    /// `flashsale audit --repair`.
-    pub repair: bool,
-}
-
-impl Trust {
-    /// Waits up to `within` for the ledger to connect (when one is configured).
-    pub async fn ledger_ready(&self, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
-        while self.ledger_expected
-            && self.ledger.get().is_none()
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Compares Redis's run id with the one last checked; on a difference suspends requests,
-/// audits (and repairs) Redis against the ledger, and resumes. Returns whether requests
-/// flow.
-pub async fn check_identity(
-    store: &Store,
-    admission: &Admission,
-    trust: &Trust,
-) -> Result<bool, AuditError> {
-    let (run_id, checked) = store.redis_identity().await?;
-    if checked.as_deref() == Some(run_id.as_str()) {
-        if admission.is_suspended() {
-            admission.resume();
-        }
-        store.trust_redis();
-        return Ok(true);
-    }
-    admission.suspend();
-    match trust.ledger.get() {
-        None if trust.ledger_expected => {
-            tracing::warn!("redis is new or restarted; waiting for the ledger to check it");
-            return Ok(false);
-        }
-        None => {}
-        Some(ledger) => {
-            let report = audit::run(store, ledger, None, trust.repair).await?;
-            if !report.drifts.is_empty() {
-                if !trust.repair || !report.skipped.is_empty() {
-                    tracing::error!(%report, "redis lost data the ledger has; requests stay suspended until `flashsale audit --repair`");
-                    return Ok(false);
-                }
-                tracing::warn!(%report, "redis restarted and lost data; repaired from the ledger");
-            }
-        }
-    }
-    store.mark_identity(&run_id).await?;
-    for (sku, _) in admission.gates() {
-        admission.clear_sold_out(&sku);
-    }
-    store.trust_redis();
-    admission.resume();
-    Ok(true)
 }
 
 /// Runs [`check_identity`] and [`refresh`] every `poll` and [`reload`] every second until

@@ -73,6 +73,11 @@ impl KeySpace {
         format!("{}redis-identity", self.prefix)
     }
 
+    /// The SKU's repair lease: the one repairer allowed to fence and rebuild its shards.
+    pub fn repair_lease(&self, sku: &Sku) -> String {
+        format!("{}{{{sku}}}:repair", self.prefix)
+    }
+
     /// The set of loaded SKUs, walked by the background sweeper.
     pub fn registry(&self) -> String {
         format!("{}skus", self.prefix)

@@ -19,7 +19,8 @@
 //! - [`scripts`]: the embedded Lua scripts and their result codes.
 //! - [`events`]: the shard streams' entries (the outbox), decoded.
 //! - [`ledger`]: the SQL ledger of record (SQLite, PostgreSQL) and its repository.
-//! - [`audit`]: compares Redis with the ledger, reports drift, repairs Redis from it.
+//! - [`recovery`]: the repair protocol (identity check, lease, fence, drain, audit,
+//!   restore): how Redis is rebuilt from the ledger without creating or losing a unit.
 //! - [`reconcile`]: settles the shard streams into the ledger, exactly once.
 //! - [`settlement`]: the ledger side of `serve`: reconciler and periodic audit.
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
@@ -31,7 +32,6 @@
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admission;
-pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -46,6 +46,7 @@ pub mod local_redis;
 pub mod maintenance;
 pub mod metrics;
 pub mod reconcile;
+pub mod recovery;
 pub mod scripts;
 pub mod settlement;
 pub mod sharding;

@@ -42,6 +42,11 @@ pub struct Metrics {
     pub reconciler_duplicates: IntCounter,
     /// Failed reconciler turns (Redis or database).
     pub reconciler_errors: IntCounter,
+    /// Drifts the periodic audit found between Redis and the ledger, by kind (every kind is
+    /// there from the start, at 0).
+    pub audit_drifts: IntCounterVec,
+    /// Repairs run by this engine, by outcome (`repaired`, `clean`, `skipped`, `failed`).
+    pub repairs: IntCounterVec,
 }
 
 impl Metrics {
@@ -116,6 +121,28 @@ impl Metrics {
             "flashsale_reconciler_errors_total",
             "Failed reconciler turns",
         );
+        let audit_drifts = IntCounterVec::new(
+            Opts::new(
+                "flashsale_audit_drifts_total",
+                "Differences between Redis and the ledger found by the periodic audit, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for kind in crate::recovery::DriftKind::ALL {
+            audit_drifts.with_label_values(&[kind.as_str()]);
+        }
+        let repairs = IntCounterVec::new(
+            Opts::new(
+                "flashsale_repairs_total",
+                "Repairs run by this engine, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["repaired", "clean", "skipped", "failed"] {
+            repairs.with_label_values(&[outcome]);
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -129,6 +156,8 @@ impl Metrics {
             Box::new(reconciler_events.clone()),
             Box::new(reconciler_duplicates.clone()),
             Box::new(reconciler_errors.clone()),
+            Box::new(audit_drifts.clone()),
+            Box::new(repairs.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -149,6 +178,8 @@ impl Metrics {
             reconciler_events,
             reconciler_duplicates,
             reconciler_errors,
+            audit_drifts,
+            repairs,
         }
     }
 

@@ -185,13 +185,27 @@ impl Reconciler {
             let Some(config) = self.store.reload_config(&sku).await? else {
                 continue;
             };
-            for shard in 0..config.shards {
+            // Every shard the SKU ever had: a replace with fewer shards writes the last
+            // events of the ones it drops.
+            for shard in 0..config.ever_shards {
                 found.push(self.store.keys().shard(&sku, shard).events);
             }
         }
         let known = self.streams.lock().clone();
+        let new: Vec<String> = found
+            .iter()
+            .filter(|k| !known.contains(k))
+            .cloned()
+            .collect();
+        self.ensure_groups(&new).await?;
+        *self.streams.lock() = found.clone();
+        Ok(found)
+    }
+
+    /// Makes sure the group exists on each of `streams` (and the stream itself).
+    async fn ensure_groups(&self, streams: &[String]) -> Result<(), ReconcileError> {
         let mut conn = self.pool.get().await?;
-        for key in found.iter().filter(|k| !known.contains(k)) {
+        for key in streams {
             let created: Result<(), RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(key)
@@ -206,8 +220,80 @@ impl Reconciler {
                 Err(e) => return Err(e.into()),
             }
         }
-        *self.streams.lock() = found.clone();
-        Ok(found)
+        Ok(())
+    }
+
+    /// Settles every entry of `streams`, delivered to any consumer or not, until none is
+    /// left or `within` has passed; returns whether none is left. A repair calls it on the
+    /// streams of a SKU it fenced, so "none left" is final. Entries another consumer holds
+    /// are claimed at once: applying an entry again changes nothing.
+    pub async fn drain_streams(
+        &self,
+        streams: &[String],
+        within: Duration,
+    ) -> Result<bool, ReconcileError> {
+        let started = Instant::now();
+        self.ensure_groups(streams).await?;
+        loop {
+            for key in streams {
+                let mut start = "0-0".to_owned();
+                loop {
+                    let mut conn = self.pool.get().await?;
+                    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                        .arg(key)
+                        .arg(GROUP)
+                        .arg(&self.options.consumer)
+                        .arg(0)
+                        .arg(&start)
+                        .arg("COUNT")
+                        .arg(self.options.batch)
+                        .query_async(&mut conn)
+                        .await?;
+                    drop(conn);
+                    let batch = reply
+                        .claimed
+                        .into_iter()
+                        .map(|id| (key.clone(), id))
+                        .collect();
+                    self.settle(batch).await?;
+                    if reply.next_stream_id == "0-0" {
+                        break;
+                    }
+                    start = reply.next_stream_id;
+                }
+            }
+            let mut command = redis::cmd("XREADGROUP");
+            command
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.options.consumer)
+                .arg("COUNT")
+                .arg(self.options.batch)
+                .arg("STREAMS")
+                .arg(streams);
+            for _ in streams {
+                command.arg(">");
+            }
+            let mut conn = self.pool.get().await?;
+            let reply: Option<StreamReadReply> = command.query_async(&mut conn).await?;
+            drop(conn);
+            let batch: Vec<(String, StreamId)> = reply
+                .map(|r| r.keys)
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|k| {
+                    let key = k.key;
+                    k.ids.into_iter().map(move |id| (key.clone(), id))
+                })
+                .collect();
+            self.settle(batch).await?;
+            if self.backlog_of(streams).await?.is_empty() {
+                return Ok(true);
+            }
+            if started.elapsed() > within {
+                return Ok(false);
+            }
+        }
     }
 
     /// One turn: reads a batch (this consumer's pending entries first, then new ones),
@@ -337,6 +423,11 @@ impl Reconciler {
     /// What is not settled yet, over every stream.
     pub async fn backlog(&self) -> Result<Backlog, ReconcileError> {
         let streams = self.streams.lock().clone();
+        self.backlog_of(&streams).await
+    }
+
+    /// What is not settled yet of `streams`.
+    async fn backlog_of(&self, streams: &[String]) -> Result<Backlog, ReconcileError> {
         let mut conn = self.pool.get().await?;
         let mut backlog = Backlog::default();
         let mut oldest = |id: &str| {
@@ -345,7 +436,7 @@ impl Reconciler {
         };
         let mut pending = 0u64;
         let mut undelivered = 0u64;
-        for key in &streams {
+        for key in streams {
             let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(key)

@@ -1,6 +1,9 @@
 //! The ledger side of `flashsale serve`: connects to the database (retrying while it is
 //! down, so that the API serves meanwhile), runs the reconciler, and runs the quick audit
-//! periodically, repairing Redis from the ledger when asked to.
+//! periodically. Drift the quick audit finds on a Redis that did not restart is reported
+//! (log and `flashsale_audit_drifts_total`), never repaired from here: only a restart proves
+//! a loss (see `recovery::identity`), and only `flashsale audit --repair` repairs the rest.
+//! A SKU left fenced by a repair that died is taken through the repair again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +12,11 @@ use rand::Rng;
 use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
 
-use crate::audit;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::recovery::repair::{repair_sku, stale_fences, SkuRepair};
+use crate::recovery::{quick_check, RecoveryError};
 use crate::store::Store;
 
 /// What the ledger side runs.
@@ -26,8 +30,6 @@ pub struct SettlementOptions {
     pub reconcile: bool,
     /// Quick audit interval; `None` for never.
     pub audit_every: Option<Duration>,
-    /// Repair Redis from the ledger when the quick audit finds a loss.
-    pub audit_repair: bool,
 }
 
 /// Connects to the ledger, retrying with back-off and jitter until it answers or `stop`.
@@ -65,7 +67,8 @@ pub fn spawn(
         let _ = ledger.set(connected.clone());
         let auditor = options.audit_every.map(|every| {
             let (store, ledger, stop) = (store.clone(), connected.clone(), stop.clone());
-            tokio::spawn(audit_loop(store, ledger, every, options.audit_repair, stop))
+            let metrics = metrics.clone();
+            tokio::spawn(audit_loop(store, ledger, every, metrics, stop))
         });
         if options.reconcile {
             match Reconciler::new(
@@ -89,7 +92,7 @@ async fn audit_loop(
     store: Store,
     ledger: Ledger,
     every: Duration,
-    repair: bool,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -97,31 +100,56 @@ async fn audit_loop(
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        let drifts = match audit::quick_check(&store, &ledger).await {
-            Ok(drifts) => drifts,
-            Err(error) => {
-                tracing::warn!(%error, "quick audit failed");
-                continue;
-            }
-        };
-        if drifts.is_empty() {
-            continue;
-        }
-        for drift in &drifts {
-            tracing::error!(
-                sku = drift.sku,
-                kind = drift.kind.as_str(),
-                detail = drift.detail,
-                "redis lost data the ledger has"
-            );
-        }
-        if repair {
-            match audit::run(&store, &ledger, None, true).await {
-                Ok(report) => {
-                    tracing::warn!(repaired = ?report.repaired, skipped = ?report.skipped, "audit repair")
-                }
-                Err(error) => tracing::error!(%error, "audit repair failed"),
-            }
+        if let Err(error) = audit_once(&store, &ledger, &metrics).await {
+            tracing::warn!(%error, "quick audit failed");
         }
     }
+}
+
+/// One quick audit: drift reported, stale fences repaired.
+async fn audit_once(
+    store: &Store,
+    ledger: &Ledger,
+    metrics: &Metrics,
+) -> Result<(), RecoveryError> {
+    for drift in quick_check(store, ledger).await? {
+        metrics
+            .audit_drifts
+            .with_label_values(&[drift.kind.as_str()])
+            .inc();
+        tracing::error!(
+            sku = drift.sku,
+            kind = drift.kind.as_str(),
+            detail = drift.detail,
+            "redis differs from the ledger; run `flashsale audit --repair` if it lost data"
+        );
+    }
+    let stale = stale_fences(store).await?;
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let reconciler = Reconciler::new(
+        store.clone(),
+        store.redis_url(),
+        ledger.clone(),
+        ReconcileOptions::new(),
+        None,
+    )?;
+    for sku in stale {
+        tracing::warn!(%sku, "a repair left this SKU fenced; repairing it again");
+        let outcome = match repair_sku(store, ledger, &reconciler, &sku, true).await {
+            Ok(outcome) => match outcome.result {
+                SkuRepair::Repaired(_) => "repaired",
+                SkuRepair::Clean => "clean",
+                SkuRepair::Busy => continue,
+                SkuRepair::Found(_) | SkuRepair::Skipped { .. } => "skipped",
+            },
+            Err(error) => {
+                tracing::error!(%error, %sku, "repair failed");
+                "failed"
+            }
+        };
+        metrics.repairs.with_label_values(&[outcome]).inc();
+    }
+    Ok(())
 }

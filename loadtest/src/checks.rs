@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use flashsale::audit;
 use flashsale::ledger::{Ledger, LedgerRepo};
+use flashsale::recovery::audit;
 use flashsale::store::Store;
 use serde_json::Value;
 

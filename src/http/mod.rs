@@ -41,6 +41,7 @@ use crate::config::ServeConfig;
 use crate::ledger::Ledger;
 use crate::local_redis::LocalRedis;
 use crate::metrics::Metrics;
+use crate::recovery::identity;
 use crate::settlement::{self, SettlementOptions};
 use crate::store::Store;
 use crate::{gates, maintenance};
@@ -310,7 +311,6 @@ impl Application {
                 reconcile: !config.no_reconcile,
                 audit_every: (config.audit_interval_s > 0)
                     .then(|| std::time::Duration::from_secs(config.audit_interval_s)),
-                audit_repair: !config.no_audit_repair,
             };
             settlement::spawn(
                 options,
@@ -321,16 +321,16 @@ impl Application {
             )
         });
         // A Redis never checked against the ledger is not served from until it is.
-        let trust = gates::Trust {
+        let trust = identity::Trust {
             ledger: state.ledger.clone(),
             ledger_expected: database_url.is_some(),
             repair: !config.no_audit_repair,
         };
-        if !gates::check_identity(&state.store, &admission, &trust).await? {
+        if !identity::check_identity(&state.store, &admission, &trust).await? {
             // A Redis not yet checked: give the ledger a moment to connect and check it
             // before serving (if it does not come, the service starts suspended).
             trust.ledger_ready(STARTUP_LEDGER_WAIT).await;
-            gates::check_identity(&state.store, &admission, &trust).await?;
+            identity::check_identity(&state.store, &admission, &trust).await?;
         }
         let listener = TcpListener::bind(config.listen).await?;
         let background = vec![

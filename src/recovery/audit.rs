@@ -1,27 +1,22 @@
 //! The audit: compares Redis with the ledger, SKU by SKU and reservation by reservation,
-//! reports each drift by kind, and on request repairs it.
+//! reports each drift by kind, and on request has it repaired (see [`super::repair`]:
+//! fenced, drained, then rebuilt from the ledger).
 //!
-//! Repair trusts the ledger for everything it has settled (it is the record of confirmed
-//! sales) and Redis for what only Redis still knows: first whatever the streams still hold
-//! is settled; then reservations and barriers that only Redis has (or that Redis has
-//! further along) are written to the ledger; then every shard of the drifting SKU is
-//! rebuilt from the ledger (`lua/restore_shard.lua`), its available units being exactly what
-//! the ledger says is neither held nor sold. No confirmed sale is lost and no unit can be
-//! sold twice afterwards. What Redis acknowledged and lost before its stream entry was
-//! settled is lost to both (see RELIABILITY.md for the window).
+//! Compared while the sale goes on (no repair), the figures of a SKU that is selling move
+//! between the two reads; a repair compares under its fence, where nothing moves.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use crate::events::{Entry, Event};
-use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
-use crate::ledger::{state_rank, Ledger, LedgerError, LedgerRepo, LedgerReservation, LedgerSku};
-use crate::reconcile::{ReconcileError, Reconciler};
-use crate::sharding::{home_shard, split};
-use crate::store::{ShardImage, ShardSnapshot, SkuConfig, Store, StoreError};
+use super::repair::{repair_sku, SkuRepair};
+use super::RecoveryError;
+use crate::ids::Sku;
+use crate::ledger::{Ledger, LedgerRepo, LedgerReservation, LedgerSku};
+use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::store::{SkuConfig, Store};
 
-/// How long a repair waits for the streams to be settled first.
+/// How long an audit waits for the streams to be settled first.
 const DRAIN_WITHIN: Duration = Duration::from_secs(60);
 
 /// What kind of difference.
@@ -46,6 +41,18 @@ pub enum DriftKind {
 }
 
 impl DriftKind {
+    /// Every kind.
+    pub const ALL: [DriftKind; 8] = [
+        Self::SkuMissingInRedis,
+        Self::SkuMissingInLedger,
+        Self::ReservationMissingInRedis,
+        Self::ReservationMissingInLedger,
+        Self::StateMismatch,
+        Self::BarrierMissingInRedis,
+        Self::BarrierMissingInLedger,
+        Self::TotalsMismatch,
+    ];
+
     /// The kind's name in reports and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -86,10 +93,10 @@ impl Drift {
 }
 
 /// A SKU's reservations in the ledger, by id.
-async fn settled_by_id(
+pub(super) async fn settled_by_id(
     ledger: &Ledger,
     sku: &Sku,
-) -> Result<HashMap<String, LedgerReservation>, AuditError> {
+) -> Result<HashMap<String, LedgerReservation>, RecoveryError> {
     Ok(ledger
         .reservations(sku.as_str())
         .await?
@@ -111,6 +118,8 @@ pub struct AuditReport {
     pub repaired: Vec<String>,
     /// SKUs not repaired, and why.
     pub skipped: Vec<(String, String)>,
+    /// SKUs another repairer held the lease of: not looked at.
+    pub busy: Vec<String>,
 }
 
 impl AuditReport {
@@ -155,26 +164,15 @@ impl fmt::Display for AuditReport {
         for (sku, why) in &self.skipped {
             writeln!(f, "not repaired {sku}: {why}")?;
         }
+        for sku in &self.busy {
+            writeln!(f, "not audited {sku}: another repair holds it")?;
+        }
         Ok(())
     }
 }
 
-/// Why an audit failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// Redis failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The ledger failed.
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    /// Settling the streams failed.
-    #[error(transparent)]
-    Reconcile(#[from] ReconcileError),
-}
-
 /// The hold record's letter for a state name (see `lua/prelude.lua`).
-fn state_letter(name: &str) -> &'static str {
+pub(super) fn state_letter(name: &str) -> &'static str {
     match name {
         "held" => "h",
         "confirmed" => "c",
@@ -195,13 +193,13 @@ fn state_name(letter: &str) -> &'static str {
 
 /// A hold record from Redis, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct RedisHold {
-    shard: u16,
-    state: &'static str,
-    user: String,
-    quantity: u32,
-    deadline_ms: u64,
-    key: String,
+pub(super) struct RedisHold {
+    pub shard: u16,
+    pub state: &'static str,
+    pub user: String,
+    pub quantity: u32,
+    pub deadline_ms: u64,
+    pub key: String,
 }
 
 fn parse_hold(shard: u16, packed: &str) -> Option<RedisHold> {
@@ -218,25 +216,27 @@ fn parse_hold(shard: u16, packed: &str) -> Option<RedisHold> {
 }
 
 /// What Redis holds of a SKU.
-struct RedisSide {
-    config: Option<std::sync::Arc<SkuConfig>>,
-    snapshots: Vec<ShardSnapshot>,
-    holds: HashMap<String, RedisHold>,
-    barriers: BTreeSet<(String, String)>,
+pub(super) struct RedisSide {
+    pub config: Option<std::sync::Arc<SkuConfig>>,
+    pub holds: HashMap<String, RedisHold>,
+    pub barriers: BTreeSet<(String, String)>,
 }
 
-async fn redis_side(store: &Store, sku: &Sku) -> Result<RedisSide, AuditError> {
+/// Reads what Redis holds of a SKU, over `shards` shards (at least every shard its routing
+/// record names).
+pub(super) async fn redis_side(
+    store: &Store,
+    sku: &Sku,
+    shards: u16,
+) -> Result<RedisSide, RecoveryError> {
     let config = store.reload_config(sku).await?;
     let mut side = RedisSide {
         config: config.clone(),
-        snapshots: Vec::new(),
         holds: HashMap::new(),
         barriers: BTreeSet::new(),
     };
-    let Some(config) = config else {
-        return Ok(side);
-    };
-    for shard in 0..config.shards {
+    let shards = shards.max(config.map_or(0, |c| c.ever_shards));
+    for shard in 0..shards {
         let snapshot = store.shard_snapshot(sku, shard).await?;
         for (rid, packed) in &snapshot.holds {
             if let Some(hold) = parse_hold(shard, packed) {
@@ -250,23 +250,20 @@ async fn redis_side(store: &Store, sku: &Sku) -> Result<RedisSide, AuditError> {
                 }
             }
         }
-        side.snapshots.push(snapshot);
     }
     Ok(side)
 }
 
-/// Audits every SKU either side knows. With `repair`, drifting SKUs are repaired; a
-/// `reconciler` settles what the streams hold first (without one, lagging events show as
-/// drift).
+/// Audits every SKU either side knows. A `reconciler` settles what the streams hold first
+/// (without one, lagging events show as drift). With `repair`, each SKU goes through the
+/// repair protocol instead ([`repair_sku`]: fenced, drained, compared, and rebuilt from the
+/// ledger if it drifted), with `reconciler` or one of its own for the drain.
 pub async fn run(
     store: &Store,
     ledger: &Ledger,
     reconciler: Option<&Reconciler>,
     repair: bool,
-) -> Result<AuditReport, AuditError> {
-    if let Some(reconciler) = reconciler {
-        reconciler.drain(DRAIN_WITHIN).await?;
-    }
+) -> Result<AuditReport, RecoveryError> {
     let ledger_skus: HashMap<String, LedgerSku> = ledger
         .skus()
         .await?
@@ -277,44 +274,76 @@ pub async fn run(
     names.extend(store.skus().await?.iter().map(|s| s.to_string()));
 
     let mut report = AuditReport::default();
+    if repair {
+        let own;
+        let reconciler = match reconciler {
+            Some(reconciler) => reconciler,
+            None => {
+                own = Reconciler::new(
+                    store.clone(),
+                    store.redis_url(),
+                    ledger.clone(),
+                    ReconcileOptions::new(),
+                    None,
+                )?;
+                &own
+            }
+        };
+        for name in names {
+            let Ok(sku) = Sku::new(name.as_str()) else {
+                continue;
+            };
+            report.skus += 1;
+            let outcome = repair_sku(store, ledger, reconciler, &sku, true).await?;
+            report.reservations += outcome.reservations;
+            match outcome.result {
+                SkuRepair::Clean => {}
+                SkuRepair::Repaired(drifts) => {
+                    report.drifts.extend(drifts);
+                    report.repaired.push(name);
+                }
+                SkuRepair::Found(drifts) => report.drifts.extend(drifts),
+                SkuRepair::Skipped { drifts, why } => {
+                    report.drifts.extend(drifts);
+                    report.skipped.push((name, why));
+                }
+                SkuRepair::Busy => report.busy.push(name),
+            }
+        }
+        return Ok(report);
+    }
+    if let Some(reconciler) = reconciler {
+        reconciler.drain(DRAIN_WITHIN).await?;
+    }
     for name in names {
         let Ok(sku) = Sku::new(name.as_str()) else {
             continue;
         };
         report.skus += 1;
-        let redis = redis_side(store, &sku).await?;
-        let drifts = compare(
-            store,
-            ledger,
-            &sku,
-            ledger_skus.get(&name),
-            &redis,
-            &mut report,
-        )
-        .await?;
-        if drifts.is_empty() {
-            continue;
-        }
-        report.drifts.extend(drifts);
-        if !repair {
-            continue;
-        }
-        match repair_sku(store, ledger, &sku, &redis).await? {
-            Ok(()) => report.repaired.push(name),
-            Err(why) => report.skipped.push((name, why)),
-        }
+        let redis = redis_side(store, &sku, 0).await?;
+        let audit = compare(store, ledger, &sku, ledger_skus.get(&name), &redis).await?;
+        report.reservations += audit.reservations;
+        report.drifts.extend(audit.drifts);
     }
     Ok(report)
 }
 
-async fn compare(
+/// What comparing one SKU found.
+pub(super) struct SkuAudit {
+    /// Differences.
+    pub drifts: Vec<Drift>,
+    /// Reservations compared.
+    pub reservations: usize,
+}
+
+/// Compares one SKU's two sides.
+pub(super) async fn compare(
     store: &Store,
     ledger: &Ledger,
     sku: &Sku,
     ledger_sku: Option<&LedgerSku>,
     redis: &RedisSide,
-    report: &mut AuditReport,
-) -> Result<Vec<Drift>, AuditError> {
+) -> Result<SkuAudit, RecoveryError> {
     let name = sku.to_string();
     let drift = |kind, subject: &str, detail: String| Drift::new(&name, kind, subject, detail);
     let mut drifts = Vec::new();
@@ -332,7 +361,7 @@ async fn compare(
         _ => {}
     }
     let settled = settled_by_id(ledger, sku).await?;
-    report.reservations += settled.len().max(redis.holds.len());
+    let reservations = settled.len().max(redis.holds.len());
     for (rid, mine) in &settled {
         match redis.holds.get(rid) {
             None => drifts.push(drift(
@@ -392,11 +421,8 @@ async fn compare(
         let totals = store.totals(sku).await?;
         let pairs = [
             ("stock", totals.loaded + totals.restocked, figures.stock),
-            (
-                "available",
-                totals.available + totals.in_transit,
-                figures.available() + figures.in_transit,
-            ),
+            ("available", totals.available, figures.available()),
+            ("in_transit", totals.in_transit, figures.in_transit),
             ("held", totals.held, figures.held),
             ("sold", totals.sold, figures.sold),
         ];
@@ -410,196 +436,16 @@ async fn compare(
             }
         }
     }
-    Ok(drifts)
-}
-
-/// Writes what only Redis knows into the ledger, then rebuilds the SKU in Redis from the
-/// ledger. `Err(why)` when it cannot (nothing to rebuild from, or the SKU kept changing).
-async fn repair_sku(
-    store: &Store,
-    ledger: &Ledger,
-    sku: &Sku,
-    redis: &RedisSide,
-) -> Result<Result<(), String>, AuditError> {
-    // 1. What only Redis has, or has further along, goes to the ledger as repair events.
-    let settled = settled_by_id(ledger, sku).await?;
-    let barriers: BTreeSet<(String, String)> =
-        ledger.barriers(sku.as_str()).await?.into_iter().collect();
-    let now = store.redis_now_ms();
-    let mut entries = Vec::new();
-    for (rid, hold) in &redis.holds {
-        let behind = settled.get(rid).map_or(0, |r| state_rank(&r.state));
-        if state_rank(hold.state) <= behind {
-            continue;
-        }
-        let (Ok(id), Ok(user), Ok(key)) = (
-            ReservationId::parse(rid),
-            UserId::new(hold.user.as_str()),
-            IdempotencyKey::new(hold.key.as_str()),
-        ) else {
-            continue;
-        };
-        let mut events = Vec::new();
-        if !settled.contains_key(rid) {
-            events.push(Event::Reserved {
-                rid: id.clone(),
-                user: user.clone(),
-                qty: hold.quantity,
-                key,
-                deadline_ms: hold.deadline_ms,
-            });
-        }
-        let (rid, qty) = (id, hold.quantity);
-        match hold.state {
-            "confirmed" => events.push(Event::Confirmed {
-                rid,
-                user,
-                qty,
-                late: false,
-            }),
-            "cancelled" => events.push(Event::Cancelled { rid, user, qty }),
-            "expired" => events.push(Event::Expired { rid, user, qty }),
-            _ => {}
-        }
-        entries.push((hold.shard, events));
-    }
-    let shards = redis.config.as_ref().map_or(1, |c| c.shards);
-    for (user, key) in redis.barriers.difference(&barriers) {
-        if let (Ok(user), Ok(key)) = (
-            UserId::new(user.as_str()),
-            IdempotencyKey::new(key.as_str()),
-        ) {
-            let shard = home_shard(&user, shards);
-            entries.push((shard, vec![Event::Barrier { user, key }]));
-        }
-    }
-    // Repair entries sit far above any real stream sequence number at this millisecond,
-    // so their ledger keys cannot collide with a real entry's.
-    let repair_entries: Vec<Entry> = entries
-        .into_iter()
-        .enumerate()
-        .map(|(n, (shard, events))| Entry {
-            id: format!("{now}-{}", 1_000_000_000 + n),
-            sku: sku.clone(),
-            shard,
-            ts_ms: now,
-            events,
-        })
-        .collect();
-    if !repair_entries.is_empty() {
-        ledger.apply(&repair_entries).await?;
-    }
-
-    // 2. Rebuild every shard from the ledger.
-    let Some(rules) = ledger
-        .skus()
-        .await?
-        .into_iter()
-        .find(|s| s.sku == sku.as_str())
-    else {
-        return Ok(Err(
-            "the ledger has no load of this SKU to rebuild from".into()
-        ));
-    };
-    let reservations = ledger.reservations(sku.as_str()).await?;
-    let barriers = ledger.barriers(sku.as_str()).await?;
-    let figures = ledger.figures(sku.as_str()).await?;
-    let mut images: Vec<ShardImage> = (0..rules.shards)
-        .map(|_| ShardImage {
-            rules: (
-                rules.per_user_limit,
-                rules.hold_ms,
-                rules.starts_at_ms,
-                rules.ends_at_ms,
-                rules.shards,
-            ),
-            ..ShardImage::default()
-        })
-        .collect();
-    let mut allowances: Vec<BTreeMap<String, u64>> =
-        vec![BTreeMap::new(); usize::from(rules.shards)];
-    for r in &reservations {
-        let Some(image) = images.get_mut(usize::from(r.shard)) else {
-            return Ok(Err(format!(
-                "reservation {} names shard {} of {}",
-                r.rid, r.shard, rules.shards
-            )));
-        };
-        let letter = state_letter(&r.state);
-        let quantity = u64::from(r.quantity);
-        match letter {
-            "h" => image.units.1 += quantity,
-            "c" => image.units.2 += quantity,
-            _ => {}
-        }
-        if matches!(letter, "h" | "c") {
-            *allowances[usize::from(r.shard)]
-                .entry(r.user.clone())
-                .or_default() += quantity;
-        }
-        let key = r.key.clone().unwrap_or_default();
-        image.fields.push((
-            r.rid.clone(),
-            format!(
-                "{letter}|{}|{}|{}|{key}",
-                r.user,
-                r.quantity,
-                r.deadline_ms.unwrap_or(0)
-            ),
-        ));
-        if !key.is_empty() {
-            image
-                .fields
-                .push((format!("{}:{key}", r.user), r.rid.clone()));
-        }
-        image.made += 1;
-    }
-    for (user, key) in &barriers {
-        let Ok(id) = UserId::new(user.as_str()) else {
-            continue;
-        };
-        let image = &mut images[usize::from(home_shard(&id, rules.shards))];
-        image.fields.push((format!("{user}:{key}"), "!".to_owned()));
-        image.made += 1;
-    }
-    let available = figures.stock.saturating_sub(figures.held + figures.sold);
-    for ((image, users), units) in images
-        .iter_mut()
-        .zip(allowances)
-        .zip(split(available, rules.shards))
-    {
-        image.units.0 = units;
-        image.fields.extend(
-            users
-                .into_iter()
-                .map(|(user, units)| (user, units.to_string())),
-        );
-    }
-    for (shard, image) in (0..rules.shards).zip(&images) {
-        let expected = redis.snapshots.get(usize::from(shard)).and_then(|s| s.made);
-        if !store.restore_shard(sku, shard, expected, image).await? {
-            return Ok(Err(format!(
-                "shard {shard} changed while it was audited; run the audit again"
-            )));
-        }
-    }
-    let config = SkuConfig {
-        sku: sku.clone(),
-        shards: rules.shards,
-        stock: figures.stock,
-        per_user_limit: rules.per_user_limit,
-        hold: Duration::from_millis(rules.hold_ms),
-        starts_at_ms: (rules.starts_at_ms > 0).then_some(rules.starts_at_ms),
-        ends_at_ms: (rules.ends_at_ms > 0).then_some(rules.ends_at_ms),
-    };
-    store.restore_meta(&config).await?;
-    Ok(Ok(()))
+    Ok(SkuAudit {
+        drifts,
+        reservations,
+    })
 }
 
 /// A cheap check for serve to run often, sound while the ledger lags: the ledger only ever
 /// trails Redis, so a SKU Redis lost, or fewer units sold or put on sale in Redis than the
 /// ledger settled, can only mean Redis lost data.
-pub async fn quick_check(store: &Store, ledger: &Ledger) -> Result<Vec<Drift>, AuditError> {
+pub async fn quick_check(store: &Store, ledger: &Ledger) -> Result<Vec<Drift>, RecoveryError> {
     let mut drifts = Vec::new();
     for sku_rules in ledger.skus().await? {
         let Ok(sku) = Sku::new(sku_rules.sku.as_str()) else {

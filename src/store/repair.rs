@@ -1,48 +1,143 @@
-//! Reading a shard whole, and rebuilding it: what the audit needs to compare Redis with
-//! the ledger and to repair Redis from it.
+//! The scripts a repair calls (see `src/recovery/`): its lease, the fence on each shard,
+//! reading a shard whole, and rebuilding it from the ledger.
+
+use std::time::Duration;
 
 use super::{SkuConfig, Store, StoreError};
-use crate::ids::Sku;
+use crate::ids::{random_token, Sku};
+use crate::ledger::MoveOut;
 use crate::scripts::ScriptCode;
 
-/// Everything a shard holds, read field by field (not atomically: for a quiet shard).
+/// Everything a shard holds, read field by field (a fenced shard does not change meanwhile).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardSnapshot {
-    /// The shard's `:made` counter; `None` if the shard does not exist.
-    pub made: Option<i64>,
     /// Hold records: reservation id -> `<state>|<user>|<qty>|<deadline>|<key>`.
     pub holds: Vec<(String, String)>,
     /// Idempotency records: `<user>:<key>` -> reservation id, or `!` for a barrier.
     pub keys: Vec<(String, String)>,
 }
 
+/// A SKU's rules, as every shard keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardRules {
+    /// Units one user may hold or buy.
+    pub per_user_limit: u32,
+    /// Hold length, ms.
+    pub hold_ms: u64,
+    /// Sale start, ms since the epoch, 0 for none.
+    pub starts_at_ms: u64,
+    /// Sale end, ms since the epoch, 0 for none.
+    pub ends_at_ms: u64,
+    /// The SKU's shard count, which every routed call is checked against.
+    pub shards: u16,
+}
+
 /// A shard as the ledger says it must be.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardImage {
-    /// Per-user limit, hold ms, sale window (0 = open), shard count.
-    pub rules: (u32, u64, u64, u64, u16),
-    /// Available, held and sold units.
-    pub units: (u64, u64, u64),
+    /// The SKU's rules.
+    pub rules: ShardRules,
+    /// Units available in the shard.
+    pub available: u64,
+    /// Units held by its holds.
+    pub held: u64,
+    /// Units sold from it.
+    pub sold: u64,
     /// Reservations and barriers recorded in the shard.
     pub made: u64,
-    /// Field and value pairs: allowances, idempotency records, hold records.
+    /// The last stream position the ledger settled for the shard, (ms, seq): the shard's
+    /// stream hands out only later ids after the restore.
+    pub settled_up_to: (u64, u64),
+    /// Moves out of the shard whose units have not arrived: restored as pending, so that
+    /// they are completed once.
+    pub pending: Vec<MoveOut>,
+    /// Field and value pairs: allowances, idempotency records and barriers, hold records,
+    /// restock op and move records.
     pub fields: Vec<(String, String)>,
 }
 
+/// What a restore did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreOutcome {
+    /// The shard is as the image says.
+    Restored,
+    /// Another repairer took the fence over: nothing written.
+    FenceLost,
+    /// The shard's version moved since it was fenced: nothing written.
+    Changed,
+}
+
 impl Store {
-    /// Reads a shard's `:made` counter, hold records and idempotency records.
+    /// Takes the SKU's repair lease for `ttl` if no repair of this Redis run holds it.
+    /// Returns the owner token (`<run id>/<random>`) if taken.
+    pub async fn take_lease(&self, sku: &Sku, ttl: Duration) -> Result<Option<String>, StoreError> {
+        let (run_id, _) = self.redis_identity().await?;
+        let owner = format!("{run_id}/{}", random_token());
+        let taken: i64 = self
+            .inner
+            .scripts
+            .take_lease
+            .key(self.inner.keys.repair_lease(sku))
+            .arg(&run_id)
+            .arg(&owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok((taken == 1).then_some(owner))
+    }
+
+    /// Gives the lease up, if `owner` still holds it.
+    pub async fn release_lease(&self, sku: &Sku, owner: &str) -> Result<(), StoreError> {
+        self.inner
+            .scripts
+            .release_lease
+            .key(self.inner.keys.repair_lease(sku))
+            .arg(owner)
+            .invoke_async::<i64>(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a repair of this Redis run holds the SKU's lease.
+    pub async fn lease_held(&self, sku: &Sku) -> Result<bool, StoreError> {
+        let (run_id, _) = self.redis_identity().await?;
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(self.inner.keys.repair_lease(sku))
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(holder.is_some_and(|h| h.starts_with(&format!("{run_id}/"))))
+    }
+
+    /// Fences a shard for `owner`; returns its version then (`-1`: it has none).
+    pub async fn fence_shard(&self, sku: &Sku, shard: u16, owner: &str) -> Result<i64, StoreError> {
+        let (_, version): (u64, i64) = self
+            .invocation(&self.inner.scripts.fence_shard, sku, shard, false)
+            .arg(owner)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(version)
+    }
+
+    /// Lifts `owner`'s fence from a shard; `false` if the fence was not (or no longer) its.
+    pub async fn unfence_shard(
+        &self,
+        sku: &Sku,
+        shard: u16,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let (_, code): (u64, i64) = self
+            .invocation(&self.inner.scripts.unfence_shard, sku, shard, false)
+            .arg(owner)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(StoreError::from_raw(code)? == ScriptCode::Ok)
+    }
+
+    /// Reads a shard's hold records and idempotency records.
     pub async fn shard_snapshot(&self, sku: &Sku, shard: u16) -> Result<ShardSnapshot, StoreError> {
         let hash = self.shard_keys(sku, shard).hash;
         let mut conn = self.connection();
-        let made: Option<i64> = redis::cmd("HGET")
-            .arg(&hash)
-            .arg(":made")
-            .query_async(&mut conn)
-            .await?;
-        let mut snapshot = ShardSnapshot {
-            made,
-            ..ShardSnapshot::default()
-        };
+        let mut snapshot = ShardSnapshot::default();
         let mut cursor = 0u64;
         loop {
             let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
@@ -67,36 +162,43 @@ impl Store {
         Ok(snapshot)
     }
 
-    /// Rebuilds a shard as `image` says, if its `:made` counter is still `expected_made`
-    /// (`None`: the shard was absent). Returns `false` when the shard changed meanwhile and
-    /// nothing was written.
+    /// Rebuilds a shard `owner` fenced as `image` says, if its version is still `version`
+    /// (what fencing it returned).
     pub async fn restore_shard(
         &self,
         sku: &Sku,
         shard: u16,
-        expected_made: Option<i64>,
+        owner: &str,
+        version: i64,
         image: &ShardImage,
-    ) -> Result<bool, StoreError> {
-        let (limit, hold_ms, starts, ends, shards) = image.rules;
-        let (avail, held, sold) = image.units;
+    ) -> Result<RestoreOutcome, StoreError> {
+        let rules = image.rules;
+        let (ms, seq) = image.settled_up_to;
         let mut call = self.invocation(&self.inner.scripts.restore_shard, sku, shard, true);
-        call.arg(expected_made.unwrap_or(-1))
-            .arg(limit)
-            .arg(hold_ms)
-            .arg(starts)
-            .arg(ends)
-            .arg(shards)
-            .arg(avail)
-            .arg(held)
-            .arg(sold)
-            .arg(image.made);
+        call.arg(owner)
+            .arg(version)
+            .arg(rules.per_user_limit)
+            .arg(rules.hold_ms)
+            .arg(rules.starts_at_ms)
+            .arg(rules.ends_at_ms)
+            .arg(rules.shards)
+            .arg(image.available)
+            .arg(image.held)
+            .arg(image.sold)
+            .arg(image.made)
+            .arg(format!("{ms}-{seq}"))
+            .arg(image.pending.len());
+        for pending in &image.pending {
+            call.arg(&pending.id).arg(pending.to).arg(pending.units);
+        }
         for (field, value) in &image.fields {
             call.arg(field).arg(value);
         }
         let (_, _, code): (u64, i64, i64) = call.invoke_async(&mut self.connection()).await?;
         match StoreError::from_raw(code)? {
-            ScriptCode::Ok => Ok(true),
-            ScriptCode::SkuLive => Ok(false),
+            ScriptCode::Ok => Ok(RestoreOutcome::Restored),
+            ScriptCode::Fenced => Ok(RestoreOutcome::FenceLost),
+            ScriptCode::SkuLive => Ok(RestoreOutcome::Changed),
             other => Err(StoreError::from_code(other)),
         }
     }

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::audit;
 use flashsale::ids::random_token;
 use flashsale::ledger::{Ledger, LedgerRepo};
 use flashsale::local_redis::{Fsync, LocalRedis, LocalRedisOptions};
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
+use flashsale::recovery::audit;
 use flashsale::store::{Store, StoreOptions};
 use serde_json::json;
 

@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flashsale::audit::{self, DriftKind};
 use flashsale::events::Entry;
 use flashsale::ids::random_token;
 use flashsale::ledger::{Ledger, LedgerRepo};
 use flashsale::local_redis::LocalRedis;
+use flashsale::recovery::audit::{self, DriftKind};
 use flashsale::store::{SkuSpec, Store, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::json;

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use flashsale::audit;
 use flashsale::ids::random_token;
 use flashsale::ledger::{Ledger, LedgerRepo};
 use flashsale::local_redis::LocalRedis;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
+use flashsale::recovery::audit;
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
 
 pub async fn sqlite_ledger(dir: &tempfile::TempDir) -> (String, Ledger) {

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::audit;
 use flashsale::ledger::{Ledger, LedgerRepo};
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
+use flashsale::recovery::audit;
 use flashsale::store::{Store, StoreOptions};
 use rand::Rng;
 use reqwest::StatusCode;
