@@ -1,6 +1,10 @@
-//! Regression tests of recovery: stock moves cut short, SKUs replaced, shards restored
-//! from the ledger after Redis lost its data, and engines with stale caches, each against
-//! a real `redis-server` and a real SQLite ledger of the test's own.
+//! Tests of recovery: stock moves cut short, SKUs replaced, shards restored from the ledger
+//! after Redis lost its data, engines with stale caches, and the repair protocol's fence and
+//! lease, each against a real `redis-server` and a real SQLite ledger of the test's own.
 
+#[path = "../http/support.rs"]
+mod app;
+mod nemesis;
+mod protocol;
 mod sequences;
 mod support;

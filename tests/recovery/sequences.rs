@@ -9,7 +9,7 @@ use flashsale::ids::{IdempotencyKey, OpId, Sku, UserId};
 use flashsale::ledger::LedgerRepo;
 use flashsale::maintenance;
 use flashsale::sharding::home_shard;
-use flashsale::store::{HoldState, ShardImage};
+use flashsale::store::{HoldState, RestoreOutcome, ShardImage, ShardRules, StoreError};
 
 use crate::support::*;
 
@@ -68,7 +68,8 @@ async fn replacing_a_sku_with_fewer_shards_does_not_bring_old_units_back() {
 }
 
 /// A restore prepared from a snapshot must not land once the shard has changed since: the
-/// confirm made after the snapshot would be undone, a sale turned back into a hold.
+/// confirm made after the snapshot would be undone, a sale turned back into a hold. Nothing
+/// changes a fenced shard; a restore checks the version the fence saw, and the fence's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
     let rig = Rig::start().await;
@@ -81,6 +82,11 @@ async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
     let id = reserved.reservation.id.clone();
     rig.drain().await;
 
+    let seen = rig
+        .store
+        .fence_shard(&sku, 0, "repair-a")
+        .await
+        .expect("fence");
     let snapshot = rig
         .store
         .shard_snapshot(&sku, 0)
@@ -92,16 +98,18 @@ async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
     fields.extend(snapshot.keys.clone());
     fields.push(("ann".to_owned(), "1".to_owned()));
     let stale = ShardImage {
-        rules: (
-            config.per_user_limit,
-            config.hold.as_millis() as u64,
-            0,
-            0,
-            config.shards,
-        ),
-        units: (9, 1, 0),
-        made: u64::try_from(snapshot.made.expect("the shard exists")).expect("made"),
+        rules: ShardRules {
+            per_user_limit: config.per_user_limit,
+            hold_ms: config.hold.as_millis() as u64,
+            starts_at_ms: 0,
+            ends_at_ms: 0,
+            shards: config.shards,
+        },
+        available: 9,
+        held: 1,
+        made: 1,
         fields,
+        ..ShardImage::default()
     };
     assert!(
         stale
@@ -111,18 +119,50 @@ async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
         "the image holds the reservation as held: {stale:?}"
     );
 
+    // Fenced, the shard refuses the confirm and stays as it was.
+    assert!(matches!(
+        rig.store.confirm(&id).await,
+        Err(StoreError::Recovering)
+    ));
+    assert_eq!(
+        rig.store.reservation(&id).await.unwrap().state,
+        HoldState::Held
+    );
+
+    // The fence lifted and taken again, a confirm between: the restore must not land.
+    assert!(rig.store.unfence_shard(&sku, 0, "repair-a").await.unwrap());
     rig.store.confirm(&id).await.expect("confirm");
+    let now_seen = rig
+        .store
+        .fence_shard(&sku, 0, "repair-a")
+        .await
+        .expect("fence");
+    assert_ne!(seen, now_seen, "a confirm moves the shard's version");
     let outcome = rig
         .store
-        .restore_shard(&sku, 0, snapshot.made, &stale)
+        .restore_shard(&sku, 0, "repair-a", seen, &stale)
         .await;
-    assert!(
-        !matches!(outcome, Ok(true)),
-        "a restore from before the confirm was accepted: {outcome:?}"
-    );
+    assert_eq!(outcome.unwrap(), RestoreOutcome::Changed);
     let now = rig.store.reservation(&id).await.expect("read reservation");
     assert_eq!(now.state, HoldState::Confirmed, "the confirmed sale");
     assert_eq!(rig.totals(&sku).await.sold, 1, "units sold");
+
+    // Another repairer took the fence over: the first one's restore must not land either.
+    rig.store
+        .fence_shard(&sku, 0, "repair-b")
+        .await
+        .expect("fence");
+    let outcome = rig
+        .store
+        .restore_shard(&sku, 0, "repair-a", now_seen, &stale)
+        .await;
+    assert_eq!(outcome.unwrap(), RestoreOutcome::FenceLost);
+    assert!(!rig.store.unfence_shard(&sku, 0, "repair-a").await.unwrap());
+    assert!(rig.store.unfence_shard(&sku, 0, "repair-b").await.unwrap());
+    assert_eq!(
+        rig.store.reservation(&id).await.unwrap().state,
+        HoldState::Confirmed
+    );
 }
 
 /// A restock retried after Redis was rebuilt from the ledger: the operation id was applied

@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use flashsale::audit::{self, AuditReport};
 use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
 use flashsale::ledger::{Ledger, LedgerFigures, LedgerRepo};
 use flashsale::local_redis::LocalRedis;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
+use flashsale::recovery::audit::{self, AuditReport};
 use flashsale::scripts::{ScriptCode, Scripts};
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions, Totals};
 
