@@ -44,6 +44,11 @@ pub fn spawn(store: Store, interval: Duration) -> JoinHandle<()> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            // A Redis that may have restarted is not touched until it is checked: it may have
+            // lost the records that keep a move from being completed twice.
+            if store.redis_suspect() {
+                continue;
+            }
             match run_once(&store).await {
                 Ok((swept, moves)) if swept.expired > 0 || moves > 0 => {
                     tracing::debug!(expired = swept.expired, moves, "maintenance pass");
