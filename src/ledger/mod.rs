@@ -41,6 +41,10 @@ pub enum LedgerError {
     /// A stored value out of range.
     #[error("bad stored value: {0}")]
     Corrupt(String),
+    /// A repair moved the ledger's epoch on since the batch was read from Redis: it may
+    /// come from data Redis lost, so it was not applied (it is read again).
+    #[error("a repair began since this batch was read; not applied")]
+    Superseded,
 }
 
 /// What one batch did.
@@ -174,11 +178,12 @@ pub struct ShardRecords {
 ///
 /// Per shard, the latest `loaded` or `restored` row is the base: what the shard held then,
 /// plus what its pending moves carried (a restore re-records those moves right after its
-/// base, as `moved_out` rows, so they are counted again from it). A load and a restore
-/// both rebase every shard of the SKU at once, so stock is the bases plus the restocks
-/// after them: moves only carry units between shards, even when one half of a move never
-/// reached the ledger. Units are in transit while a move out after its donor's base has
-/// no `moved_in` anywhere.
+/// base, as `moved_out` rows). What a shard holds is its base and the restocks and moves
+/// after it. A move taken out (after its donor's latest load) and not put in is in
+/// transit; one put in whose taking-out never reached the ledger (Redis lost it before it
+/// was settled) is counted once, not by both shards. No assumption is made about which
+/// shards' restores reached the ledger: a repair whose last entries Redis lost leaves some
+/// shards rebased and others not, and every unit still counts once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StockAccount {
     /// Units put on sale.
@@ -210,27 +215,39 @@ impl StockAccount {
         let after = |of: &HashMap<i64, (Position, i64)>, row: &StockRow| {
             of.get(&row.shard).is_some_and(|(p, _)| row.position > *p)
         };
-        let mut stock: i64 = base.values().map(|(_, quantity)| quantity).sum();
-        stock += rows
-            .iter()
-            .filter(|r| r.kind == "restocked" && after(&base, r))
-            .map(|r| r.quantity)
-            .sum::<i64>();
-        let arrived: std::collections::HashSet<&str> = rows
-            .iter()
-            .filter(|r| r.kind == "moved_in")
-            .filter_map(|r| r.subject.as_deref())
-            .collect();
         let detail = |row: &StockRow, name: &str| {
             row.detail
                 .as_deref()
                 .and_then(|d| d.strip_prefix(name))
                 .map(str::to_owned)
         };
+        // What each shard holds by its own rows: its base and what came and went after it.
+        // A restock op or a move half counts once per shard: a second row of it is Redis
+        // applying it again after losing the first application (and its record) before
+        // the repair, so Redis holds it once.
+        let mut stock: i64 = base.values().map(|(_, quantity)| quantity).sum();
+        let mut counted = std::collections::HashSet::new();
+        for row in rows.iter().filter(|r| after(&base, r)) {
+            let once = match row.kind.as_str() {
+                "restocked" => detail(row, "op="),
+                "moved_in" | "moved_out" => row.subject.clone(),
+                _ => continue,
+            };
+            if let Some(id) = once {
+                if !counted.insert((row.kind.as_str(), row.shard, id)) {
+                    continue;
+                }
+            }
+            stock += if row.kind == "moved_out" {
+                -row.quantity
+            } else {
+                row.quantity
+            };
+        }
         let mut account = Self::default();
         let mut sorted: Vec<&StockRow> = rows.iter().collect();
         sorted.sort_by_key(|r| (r.shard, r.position));
-        for row in sorted {
+        for row in sorted.into_iter().filter(|r| after(&load, r)) {
             let Ok(shard) = u16::try_from(row.shard) else {
                 continue;
             };
@@ -238,39 +255,73 @@ impl StockAccount {
             let records = account.shards.entry(shard).or_default();
             let subject = row.subject.clone().unwrap_or_default();
             match row.kind.as_str() {
-                "restocked" if after(&load, row) => {
+                "restocked" => {
                     if let Some(op) = detail(row, "op=") {
                         if !records.ops.iter().any(|(o, _)| *o == op) {
                             records.ops.push((op, units));
                         }
                     }
                 }
-                "moved_in"
-                    if after(&load, row)
-                        && !records.moves_in.iter().any(|(m, _)| *m == subject) =>
-                {
+                "moved_in" if !records.moves_in.iter().any(|(m, _)| *m == subject) => {
                     records.moves_in.push((subject, units));
                 }
-                "moved_out" if after(&load, row) => {
+                "moved_out" if !records.moves_out.iter().any(|m| m.id == subject) => {
                     let to = detail(row, "to=").and_then(|t| t.parse().ok()).unwrap_or(0);
-                    let out = MoveOut {
-                        id: subject.clone(),
+                    records.moves_out.push(MoveOut {
+                        id: subject,
                         to,
                         units,
-                    };
-                    if !records.moves_out.iter().any(|m| m.id == subject) {
-                        records.moves_out.push(out.clone());
-                    }
-                    let live = after(&base, row);
-                    if live
-                        && !arrived.contains(subject.as_str())
-                        && !records.pending.iter().any(|m| m.id == subject)
-                    {
-                        account.in_transit += units;
-                        records.pending.push(out);
-                    }
+                    });
                 }
                 _ => {}
+            }
+        }
+        // A move is counted by the shards whose rows the ledger has. Taken out after its
+        // donor's base and not put in anywhere: its units are in transit, on top of what the
+        // shards hold. Put in after its receiver's base with its taking-out never settled
+        // (Redis lost it): the donor's rows still count the units, the receiver's too.
+        let live_moves = |kind: &str| -> HashMap<(i64, String), u64> {
+            rows.iter()
+                .filter(|r| r.kind == kind && after(&base, r))
+                .filter_map(|r| {
+                    Some((
+                        (r.shard, r.subject.clone()?),
+                        u64::try_from(r.quantity).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        let (live_out, live_in) = (live_moves("moved_out"), live_moves("moved_in"));
+        let arrived: std::collections::HashSet<&String> = account
+            .shards
+            .values()
+            .flat_map(|r| r.moves_in.iter().map(|(m, _)| m))
+            .collect();
+        let departed: std::collections::HashSet<&String> = account
+            .shards
+            .values()
+            .flat_map(|r| r.moves_out.iter().map(|m| &m.id))
+            .collect();
+        let mut pending: Vec<(u16, MoveOut)> = Vec::new();
+        for (shard, records) in &account.shards {
+            for out in &records.moves_out {
+                if live_out.contains_key(&(i64::from(*shard), out.id.clone()))
+                    && !arrived.contains(&out.id)
+                {
+                    pending.push((*shard, out.clone()));
+                }
+            }
+        }
+        for ((_, id), units) in &live_in {
+            if !departed.contains(id) {
+                stock -= i64::try_from(*units).unwrap_or(0);
+            }
+        }
+        for (shard, out) in pending {
+            account.in_transit += out.units;
+            stock += i64::try_from(out.units).unwrap_or(0);
+            if let Some(records) = account.shards.get_mut(&shard) {
+                records.pending.push(out);
             }
         }
         account.stock = u64::try_from(stock).unwrap_or(0);
@@ -284,6 +335,14 @@ pub trait LedgerRepo {
     /// Applies the events of `entries` in one transaction; events applied before are
     /// skipped. Nothing is applied if it fails.
     async fn apply(&self, entries: &[Entry]) -> Result<Applied, LedgerError>;
+    /// Applies `entries` as [`LedgerRepo::apply`] does, if the ledger's epoch is still
+    /// `epoch` (what [`LedgerRepo::epoch`] said before they were read from Redis);
+    /// otherwise applies nothing and fails with [`LedgerError::Superseded`].
+    async fn apply_read_at(&self, entries: &[Entry], epoch: u64) -> Result<Applied, LedgerError>;
+    /// The ledger's epoch: moved on by every repair before it rebuilds Redis.
+    async fn epoch(&self) -> Result<u64, LedgerError>;
+    /// Moves the epoch on; batches read before no longer apply. Returns the new epoch.
+    async fn advance_epoch(&self) -> Result<u64, LedgerError>;
     /// A SKU's settled figures.
     async fn figures(&self, sku: &str) -> Result<LedgerFigures, LedgerError>;
     /// Every reservation of a SKU.
@@ -368,6 +427,15 @@ impl LedgerRepo for Ledger {
     async fn apply(&self, entries: &[Entry]) -> Result<Applied, LedgerError> {
         dispatch!(self, l => l.apply(entries).await)
     }
+    async fn apply_read_at(&self, entries: &[Entry], epoch: u64) -> Result<Applied, LedgerError> {
+        dispatch!(self, l => l.apply_read_at(entries, epoch).await)
+    }
+    async fn epoch(&self) -> Result<u64, LedgerError> {
+        dispatch!(self, l => l.epoch().await)
+    }
+    async fn advance_epoch(&self) -> Result<u64, LedgerError> {
+        dispatch!(self, l => l.advance_epoch().await)
+    }
     async fn figures(&self, sku: &str) -> Result<LedgerFigures, LedgerError> {
         dispatch!(self, l => l.figures(sku).await)
     }
@@ -447,6 +515,55 @@ mod tests {
         assert_eq!((half.stock, half.in_transit), (25, 4));
         assert_eq!(half.shards[&1].pending[0].to, 0);
         assert_eq!(StockAccount::fold(&rows[..5]).in_transit, 0);
+    }
+
+    /// A repair whose restore reached the ledger for one shard only (Redis lost the other's
+    /// entry): a unit moved before it is counted by the rebased receiver and by the donor's
+    /// own rows, never by both.
+    #[test]
+    fn a_restore_settled_for_some_shards_only_counts_each_unit_once() {
+        let rows = [
+            row("loaded", 0, 1, 0, 10, None),
+            row("loaded", 1, 1, 0, 10, None),
+            row("moved_out", 1, 2, 0, 4, Some("m1")),
+            row("moved_in", 0, 3, 0, 4, Some("m1")),
+            row("restored", 0, 5, 0, 14, None),
+        ];
+        let account = StockAccount::fold(&rows);
+        assert_eq!((account.stock, account.in_transit), (20, 0));
+    }
+
+    /// A batch read from a Redis that then lost it, settled only after a repair rebased the
+    /// shard: its rows sit before the base, which was rebuilt without them, and count for
+    /// nothing.
+    #[test]
+    fn rows_settled_late_from_before_a_base_count_for_nothing() {
+        let rows = [
+            row("loaded", 0, 1, 0, 10, None),
+            row("loaded", 1, 1, 0, 10, None),
+            row("restored", 0, 5, 0, 10, None),
+            row("restored", 1, 5, 0, 10, None),
+            row("moved_in", 1, 3, 0, 2, Some("lost")),
+        ];
+        let account = StockAccount::fold(&rows);
+        assert_eq!((account.stock, account.in_transit), (20, 0));
+    }
+
+    /// A move completed again after Redis lost its first completion (the ledger had it):
+    /// Redis holds its units once, and so does the ledger's count.
+    #[test]
+    fn a_move_half_applied_twice_counts_once() {
+        let rows = [
+            row("loaded", 0, 1, 0, 10, None),
+            row("loaded", 1, 1, 0, 10, None),
+            row("moved_out", 1, 2, 0, 4, Some("m1")),
+            row("moved_in", 0, 3, 0, 4, Some("m1")),
+            row("moved_in", 0, 7, 0, 4, Some("m1")),
+            row("restocked", 0, 8, 0, 2, Some("op1")),
+            row("restocked", 0, 9, 0, 2, Some("op1")),
+        ];
+        let account = StockAccount::fold(&rows);
+        assert_eq!((account.stock, account.in_transit), (22, 0));
     }
 
     /// A move whose second half was settled and whose first half Redis lost before it was:
