@@ -173,6 +173,18 @@ impl Reconciler {
         })
     }
 
+    /// A reconciler with default options on the Redis `store` talks to: what a repair
+    /// drains with when it was given none.
+    pub fn for_store(store: &Store, ledger: &Ledger) -> Result<Self, ReconcileError> {
+        Self::new(
+            store.clone(),
+            store.redis_url(),
+            ledger.clone(),
+            ReconcileOptions::new(),
+            None,
+        )
+    }
+
     /// The ledger it writes.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
@@ -238,55 +250,16 @@ impl Reconciler {
             for key in streams {
                 let mut start = "0-0".to_owned();
                 loop {
-                    let mut conn = self.pool.get().await?;
-                    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                        .arg(key)
-                        .arg(GROUP)
-                        .arg(&self.options.consumer)
-                        .arg(0)
-                        .arg(&start)
-                        .arg("COUNT")
-                        .arg(self.options.batch)
-                        .query_async(&mut conn)
-                        .await?;
-                    drop(conn);
-                    let batch = reply
-                        .claimed
-                        .into_iter()
-                        .map(|id| (key.clone(), id))
-                        .collect();
-                    self.settle(batch).await?;
-                    if reply.next_stream_id == "0-0" {
+                    let (_, next) = self.claim(key, Duration::ZERO, &start).await?;
+                    if next == "0-0" {
                         break;
                     }
-                    start = reply.next_stream_id;
+                    start = next;
                 }
             }
-            let mut command = redis::cmd("XREADGROUP");
-            command
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.options.consumer)
-                .arg("COUNT")
-                .arg(self.options.batch)
-                .arg("STREAMS")
-                .arg(streams);
-            for _ in streams {
-                command.arg(">");
-            }
-            let mut conn = self.pool.get().await?;
-            let reply: Option<StreamReadReply> = command.query_async(&mut conn).await?;
-            drop(conn);
-            let batch: Vec<(String, StreamId)> = reply
-                .map(|r| r.keys)
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|k| {
-                    let key = k.key;
-                    k.ids.into_iter().map(move |id| (key.clone(), id))
-                })
-                .collect();
-            self.settle(batch).await?;
+            let epoch = self.ledger.epoch().await?;
+            let batch = self.read_group(streams, None, ">").await?;
+            self.settle(batch, epoch).await?;
             if self.backlog_of(streams).await?.is_empty() {
                 return Ok(true);
             }
@@ -305,26 +278,16 @@ impl Reconciler {
             return Ok(Turn::default());
         }
         let recovering = self.recovering.load(std::sync::atomic::Ordering::Relaxed);
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(&self.options.consumer)
-            .arg("COUNT")
-            .arg(self.options.batch);
-        if !recovering {
-            command
-                .arg("BLOCK")
-                .arg(self.options.block.as_millis() as u64);
-        }
-        command.arg("STREAMS").arg(&streams);
-        for _ in &streams {
-            command.arg(if recovering { "0" } else { ">" });
-        }
-        let mut conn = self.pool.get().await?;
-        let reply: Option<StreamReadReply> = match command.query_async(&mut conn).await {
-            Ok(reply) => reply,
-            Err(error) => {
+        let epoch = self.ledger.epoch().await?;
+        let read = if recovering {
+            self.read_group(&streams, None, "0").await
+        } else {
+            self.read_group(&streams, Some(self.options.block), ">")
+                .await
+        };
+        let batch = match read {
+            Ok(batch) => batch,
+            Err(ReconcileError::Redis(error)) => {
                 if error.code() == Some("NOGROUP") {
                     // The stream was recreated (Redis restarted, or a shard was restored):
                     // the next discovery makes the group again.
@@ -332,9 +295,40 @@ impl Reconciler {
                 }
                 return Err(error.into());
             }
+            Err(error) => return Err(error),
         };
-        drop(conn);
-        let batch: Vec<(String, StreamId)> = reply
+        if recovering && batch.is_empty() {
+            self.recovering
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.settle(batch, epoch).await
+    }
+
+    /// One `XREADGROUP` over `streams` from `from` (`>`: new entries; `0`: this consumer's
+    /// pending ones), blocking up to `block` if given.
+    async fn read_group(
+        &self,
+        streams: &[String],
+        block: Option<Duration>,
+        from: &str,
+    ) -> Result<Vec<(String, StreamId)>, ReconcileError> {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg("COUNT")
+            .arg(self.options.batch);
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(streams);
+        for _ in streams {
+            command.arg(from);
+        }
+        let mut conn = self.pool.get().await?;
+        let reply: Option<StreamReadReply> = command.query_async(&mut conn).await?;
+        Ok(reply
             .map(|r| r.keys)
             .unwrap_or_default()
             .into_iter()
@@ -342,12 +336,37 @@ impl Reconciler {
                 let key = k.key;
                 k.ids.into_iter().map(move |id| (key.clone(), id))
             })
+            .collect())
+    }
+
+    /// Claims up to a batch of the entries of `key` pending for at least `min_idle` with any
+    /// consumer, from `start`, and settles them. Returns what that did and where the next
+    /// claim starts (`0-0`: the stream's pending list was gone through).
+    async fn claim(
+        &self,
+        key: &str,
+        min_idle: Duration,
+        start: &str,
+    ) -> Result<(Turn, String), ReconcileError> {
+        let epoch = self.ledger.epoch().await?;
+        let mut conn = self.pool.get().await?;
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(key)
+            .arg(GROUP)
+            .arg(&self.options.consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(start)
+            .arg("COUNT")
+            .arg(self.options.batch)
+            .query_async(&mut conn)
+            .await?;
+        drop(conn);
+        let batch = reply
+            .claimed
+            .into_iter()
+            .map(|id| (key.to_owned(), id))
             .collect();
-        if recovering && batch.is_empty() {
-            self.recovering
-                .store(false, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.settle(batch).await
+        Ok((self.settle(batch, epoch).await?, reply.next_stream_id))
     }
 
     /// Claims entries that another consumer left pending for longer than `claim_idle` and
@@ -356,24 +375,7 @@ impl Reconciler {
         let streams = self.streams.lock().clone();
         let mut total = Turn::default();
         for key in streams {
-            let mut conn = self.pool.get().await?;
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(&key)
-                .arg(GROUP)
-                .arg(&self.options.consumer)
-                .arg(self.options.claim_idle.as_millis() as u64)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(self.options.batch)
-                .query_async(&mut conn)
-                .await?;
-            drop(conn);
-            let batch = reply
-                .claimed
-                .into_iter()
-                .map(|id| (key.clone(), id))
-                .collect();
-            let turn = self.settle(batch).await?;
+            let (turn, _) = self.claim(&key, self.options.claim_idle, "0-0").await?;
             total.entries += turn.entries;
             total.applied.applied += turn.applied.applied;
             total.applied.duplicates += turn.applied.duplicates;
@@ -381,8 +383,16 @@ impl Reconciler {
         Ok(total)
     }
 
-    /// Applies read entries and acknowledges them after the commit.
-    async fn settle(&self, batch: Vec<(String, StreamId)>) -> Result<Turn, ReconcileError> {
+    /// Applies read entries and acknowledges them after the commit, if no repair began
+    /// since they were read (the ledger's epoch is still `epoch`): a batch read before a
+    /// repair may come from data Redis lost since, and applied after the repair rebuilt Redis
+    /// it would count what Redis no longer holds. Such a batch stays pending, and whatever
+    /// of it Redis still has is read again.
+    async fn settle(
+        &self,
+        batch: Vec<(String, StreamId)>,
+        epoch: u64,
+    ) -> Result<Turn, ReconcileError> {
         if batch.is_empty() {
             return Ok(Turn::default());
         }
@@ -390,8 +400,13 @@ impl Reconciler {
             .iter()
             .filter_map(|(key, id)| entry_of(key, id))
             .collect();
-        let applied = match self.ledger.apply(&entries).await {
+        let applied = match self.ledger.apply_read_at(&entries, epoch).await {
             Ok(applied) => applied,
+            Err(LedgerError::Superseded) => {
+                self.recovering
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(Turn::default());
+            }
             Err(error) => {
                 // Not acknowledged: the entries stay pending and are read again.
                 self.recovering

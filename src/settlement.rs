@@ -128,13 +128,7 @@ async fn audit_once(
     if stale.is_empty() {
         return Ok(());
     }
-    let reconciler = Reconciler::new(
-        store.clone(),
-        store.redis_url(),
-        ledger.clone(),
-        ReconcileOptions::new(),
-        None,
-    )?;
+    let reconciler = Reconciler::for_store(store, ledger)?;
     for sku in stale {
         tracing::warn!(%sku, "a repair left this SKU fenced; repairing it again");
         let outcome = match repair_sku(store, ledger, &reconciler, &sku, true).await {

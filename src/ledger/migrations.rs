@@ -14,17 +14,31 @@ use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Mig
 #[derive(Debug, Clone, Copy)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
 
-const SQLITE: Embedded = Embedded(&[(
-    1,
-    "ledger",
-    include_str!("../../migrations/sqlite/0001_ledger.sql"),
-)]);
+const SQLITE: Embedded = Embedded(&[
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/sqlite/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "epoch",
+        include_str!("../../migrations/sqlite/0002_epoch.sql"),
+    ),
+]);
 
-const POSTGRES: Embedded = Embedded(&[(
-    1,
-    "ledger",
-    include_str!("../../migrations/postgres/0001_ledger.sql"),
-)]);
+const POSTGRES: Embedded = Embedded(&[
+    (
+        1,
+        "ledger",
+        include_str!("../../migrations/postgres/0001_ledger.sql"),
+    ),
+    (
+        2,
+        "epoch",
+        include_str!("../../migrations/postgres/0002_epoch.sql"),
+    ),
+]);
 
 impl MigrationSource<'static> for Embedded {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {

@@ -263,6 +263,15 @@ const COUNT_EVENTS: &str = "SELECT COUNT(*) FROM inventory_ledger";
 
 const SELECT_PROGRESS: &str = "SELECT sku, shard, last_id_ms FROM stream_progress";
 
+const SELECT_EPOCH: &str = "SELECT epoch FROM ledger_epoch WHERE id = 1";
+
+// Takes the epoch row's lock for the batch's transaction (a writer lock in SQLite, a row
+// lock in PostgreSQL), so that a repair moving the epoch on is ordered before or after the
+// whole batch, never in between.
+const HOLD_EPOCH: &str = "UPDATE ledger_epoch SET epoch = epoch WHERE id = 1 AND epoch = $1";
+
+const ADVANCE_EPOCH: &str = "UPDATE ledger_epoch SET epoch = epoch + 1 WHERE id = 1";
+
 const SELECT_POSITIONS: &str =
     "SELECT shard, last_id_ms, last_id_seq FROM stream_progress WHERE sku = $1";
 
@@ -288,12 +297,20 @@ macro_rules! ledger_impl {
             pub fn pool(&self) -> &sqlx::Pool<$db> {
                 &self.pool
             }
-        }
 
-        impl LedgerRepo for $name {
-            async fn apply(&self, entries: &[Entry]) -> Result<Applied, LedgerError> {
+            /// Applies `entries` in one transaction, if the epoch is still `read_at` (when given).
+            async fn apply_checked(&self, entries: &[Entry], read_at: Option<u64>) -> Result<Applied, LedgerError> {
                 let placed = place(entries)?;
                 let mut tx = self.pool.begin().await?;
+                if let Some(epoch) = read_at {
+                    let held = sqlx::query(HOLD_EPOCH)
+                        .bind(i64::try_from(epoch).unwrap_or(i64::MAX))
+                        .execute(&mut *tx)
+                        .await?;
+                    if held.rows_affected() == 0 {
+                        return Err(LedgerError::Superseded);
+                    }
+                }
                 let mut new = std::collections::HashSet::new();
                 for chunk in placed.chunks(CHUNK) {
                     let mut insert = QueryBuilder::<$db>::new(INSERT_EVENTS);
@@ -440,6 +457,30 @@ macro_rules! ledger_impl {
                 tx.commit().await?;
                 Ok(applied)
             }
+        }
+
+        impl LedgerRepo for $name {
+            async fn apply(&self, entries: &[Entry]) -> Result<Applied, LedgerError> {
+                self.apply_checked(entries, None).await
+            }
+
+            async fn apply_read_at(&self, entries: &[Entry], epoch: u64) -> Result<Applied, LedgerError> {
+                self.apply_checked(entries, Some(epoch)).await
+            }
+
+            async fn epoch(&self) -> Result<u64, LedgerError> {
+                let epoch: i64 = sqlx::query_scalar(SELECT_EPOCH).fetch_one(&self.pool).await?;
+                narrow(epoch, "epoch")
+            }
+
+            async fn advance_epoch(&self) -> Result<u64, LedgerError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(ADVANCE_EPOCH).execute(&mut *tx).await?;
+                let epoch: i64 = sqlx::query_scalar(SELECT_EPOCH).fetch_one(&mut *tx).await?;
+                tx.commit().await?;
+                narrow(epoch, "epoch")
+            }
+
 
             async fn stock_rows(&self, sku: &str) -> Result<Vec<StockRow>, LedgerError> {
                 let rows = sqlx::query(SELECT_STOCK_ROWS).bind(sku).fetch_all(&self.pool).await?;

@@ -13,7 +13,7 @@ use super::repair::{repair_sku, SkuRepair};
 use super::RecoveryError;
 use crate::ids::Sku;
 use crate::ledger::{Ledger, LedgerRepo, LedgerReservation, LedgerSku};
-use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::reconcile::Reconciler;
 use crate::store::{SkuConfig, Store};
 
 /// How long an audit waits for the streams to be settled first.
@@ -279,13 +279,7 @@ pub async fn run(
         let reconciler = match reconciler {
             Some(reconciler) => reconciler,
             None => {
-                own = Reconciler::new(
-                    store.clone(),
-                    store.redis_url(),
-                    ledger.clone(),
-                    ReconcileOptions::new(),
-                    None,
-                )?;
+                own = Reconciler::for_store(store, ledger)?;
                 &own
             }
         };

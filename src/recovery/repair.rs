@@ -101,6 +101,7 @@ async fn fenced(
     for shard in 0..shards {
         versions.push(store.fence_shard(sku, shard, owner).await?);
     }
+
     let (outcome, lift) =
         match under_fence(store, ledger, reconciler, sku, owner, &versions, repair).await {
             Ok(done) => done,
@@ -129,6 +130,9 @@ async fn under_fence(
     versions: &[i64],
     repair: bool,
 ) -> Result<Verdict, RecoveryError> {
+    // Batches read from Redis before this point are not applied: they may come from data a
+    // restarted Redis lost, which the rebuild must not count (see `Reconciler::settle`).
+    ledger.advance_epoch().await?;
     let shards = u16::try_from(versions.len()).unwrap_or(u16::MAX);
     let streams: Vec<String> = (0..shards)
         .map(|shard| store.keys().shard(sku, shard).events)
