@@ -122,8 +122,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let report = audit::run(&store, &ledger, reconciler.as_ref(), args.repair).await?;
             print!("{report}");
-            let unrepaired =
-                !report.drifts.is_empty() && (!args.repair || !report.skipped.is_empty());
+            // Drift left as it is, or a SKU another repair held (not looked at): not done.
+            let unrepaired = !report.busy.is_empty()
+                || (!report.drifts.is_empty() && (!args.repair || !report.skipped.is_empty()));
             if unrepaired {
                 return Ok(ExitCode::FAILURE);
             }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use flashsale::ids::OpId;
+use flashsale::events::{Entry, Event};
+use flashsale::ids::{IdempotencyKey, OpId, UserId};
+use flashsale::ledger::{LedgerError, LedgerRepo};
 use flashsale::maintenance;
 use flashsale::recovery::audit;
 use flashsale::store::{SkuSpec, StoreError};
@@ -222,4 +224,34 @@ async fn the_api_answers_recovering_while_a_sku_is_fenced() {
         app.reserve("tv", "ann", 1, "k").await.status,
         StatusCode::CREATED
     );
+}
+
+/// A batch read from Redis before a repair began is not applied: it may come from data
+/// Redis lost, and the repair rebuilds Redis without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_read_before_a_repair_began_is_not_applied() {
+    let rig = Rig::start().await;
+    let sku = rig.load("tv", 10, 1, 1).await;
+    rig.drain().await;
+    let batch = [Entry {
+        id: "1-0".to_owned(),
+        sku: sku.clone(),
+        shard: 0,
+        ts_ms: 1,
+        events: vec![Event::Barrier {
+            user: UserId::new("ann").unwrap(),
+            key: IdempotencyKey::new("k").unwrap(),
+        }],
+    }];
+    let read_at = rig.ledger.epoch().await.unwrap();
+    let before = rig.ledger.events_applied().await.unwrap();
+    let moved = rig.ledger.advance_epoch().await.unwrap();
+    assert_eq!(moved, read_at + 1);
+    assert!(matches!(
+        rig.ledger.apply_read_at(&batch, read_at).await,
+        Err(LedgerError::Superseded)
+    ));
+    assert_eq!(rig.ledger.events_applied().await.unwrap(), before);
+    let applied = rig.ledger.apply_read_at(&batch, moved).await.unwrap();
+    assert_eq!(applied.applied, 1);
 }
