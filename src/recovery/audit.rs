@@ -264,6 +264,11 @@ pub async fn run(
     reconciler: Option<&Reconciler>,
     repair: bool,
 ) -> Result<AuditReport, RecoveryError> {
+    if repair {
+        // Before the SKUs are listed: a batch in flight from data Redis lost must not bring
+        // a SKU into the ledger after this audit passed it by.
+        ledger.advance_epoch().await?;
+    }
     let ledger_skus: HashMap<String, LedgerSku> = ledger
         .skus()
         .await?

@@ -790,6 +790,24 @@ impl Nemesis {
             stores[0].load(&sku, &spec).await.or_fail(&at, "load a sku");
             skus.push(sku);
         }
+        // The sale opens once its loads are settled: a load Redis loses before that is lost
+        // to both stores, and there would be no sale to check.
+        let opening = Reconciler::new(
+            stores[0].clone(),
+            &redis.url(),
+            ledger.clone(),
+            reconcile_options("opening".to_owned()),
+            None,
+        )
+        .or_fail(&at, "a reconciler");
+        let settled = opening
+            .drain(DRAIN_WITHIN)
+            .await
+            .or_fail(&at, "settle the loads");
+        assert!(
+            settled,
+            "{at}: the loads were not settled within {DRAIN_WITHIN:?}"
+        );
         let engines = [0, 1].map(|n| {
             let store = stores[n].clone();
             Engine {
