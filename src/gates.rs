@@ -29,7 +29,12 @@ pub async fn refresh(store: &Store, admission: &Admission) -> Result<(), StoreEr
     let now = store.sync_clock().await?;
     for (sku, gate) in admission.gates() {
         if gate.is_sold_out() {
-            if store.available(&sku).await? > 0 {
+            let available = match store.available(&sku).await {
+                // Under repair: its units are known once the repair lifts the fence.
+                Err(StoreError::Recovering) => continue,
+                other => other?,
+            };
+            if available > 0 {
                 admission.clear_sold_out(&sku);
                 continue;
             }
