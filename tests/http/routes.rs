@@ -484,15 +484,7 @@ async fn health_readiness_metrics_and_the_spec() {
     };
     assert_eq!(get("/healthz").await.body, json!({ "status": "ok" }));
     assert_eq!(get("/readyz").await.body, json!({ "status": "ready" }));
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for needle in [
         r#"flashsale_http_requests_total{method="POST",outcome="ok",route="/v1/reservations"} 1"#,
         "flashsale_http_request_duration_seconds_bucket",

@@ -188,15 +188,7 @@ async fn beyond_the_in_flight_bound_requests_are_refused_at_once() {
         app.reserve("tv", "bob", 1, "k").await.status,
         StatusCode::CREATED
     );
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"flashsale_admission_refusals_total{reason="in_flight"} 1"#),
         "{metrics}"

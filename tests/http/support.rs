@@ -267,6 +267,18 @@ impl TestApp {
         .await
     }
 
+    /// The engine's `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Script calls Redis has run so far (`INFO commandstats`, EVALSHA and EVAL).
     pub fn script_calls(&self) -> u64 {
         let info = self.redis.command(&["INFO", "commandstats"]).unwrap();

@@ -21,15 +21,7 @@ async fn twenty_thousand_operations_settle_exactly_into_postgres() {
 
 /// `flashsale_reconciler_lag_seconds` from the app's metrics.
 async fn lag(app: &TestApp) -> f64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("flashsale_reconciler_lag_seconds "))
         .and_then(|v| v.parse().ok())

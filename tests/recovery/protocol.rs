@@ -171,15 +171,7 @@ async fn drift_on_a_redis_that_did_not_restart_is_reported_not_repaired() {
     let metric = "flashsale_audit_drifts_total{kind=\"totals_mismatch\"}";
     let started = std::time::Instant::now();
     loop {
-        let text = app
-            .client
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         let count: u64 = text
             .lines()
             .find_map(|line| line.strip_prefix(metric))
