@@ -99,24 +99,36 @@ async fn fenced(
     let shards = in_redis.max(image::shards_in_ledger(ledger, sku).await?);
     let mut versions = Vec::with_capacity(usize::from(shards));
     for shard in 0..shards {
-        versions.push(store.fence_shard(sku, shard, owner).await?);
+        match store.fence_shard(sku, shard, owner).await {
+            Ok(version) => versions.push(version),
+            Err(error) => {
+                lift(store, sku, owner, shard).await;
+                return Err(error.into());
+            }
+        }
     }
 
-    let (outcome, lift) =
+    let (outcome, verdict) =
         match under_fence(store, ledger, reconciler, sku, owner, &versions, repair).await {
             Ok(done) => done,
             // Failed before any restore is the only case `under_fence` returns an error
             // without a verdict; its restores report their own failures.
             Err(error) => (Err(error), Lift::Yes),
         };
-    if matches!(lift, Lift::Yes) {
-        for shard in 0..shards {
-            if let Err(error) = store.unfence_shard(sku, shard, owner).await {
-                tracing::warn!(%error, %sku, shard, "fence not lifted; a later repair lifts it");
-            }
-        }
+    if matches!(verdict, Lift::Yes) {
+        lift(store, sku, owner, shards).await;
     }
     outcome
+}
+
+/// Lifts `owner`'s fences from shards `0..shards`; one that stays is a stale fence, which
+/// a later repair lifts.
+async fn lift(store: &Store, sku: &Sku, owner: &str, shards: u16) {
+    for shard in 0..shards {
+        if let Err(error) = store.unfence_shard(sku, shard, owner).await {
+            tracing::warn!(%error, %sku, shard, "fence not lifted; a later repair lifts it");
+        }
+    }
 }
 
 type Verdict = (Result<RepairOutcome, RecoveryError>, Lift);

@@ -520,13 +520,12 @@ impl Store {
     /// units when this reserve last looked, after completing moves in flight and
     /// returning expired holds.
     pub async fn reserve(&self, request: &ReserveRequest) -> Result<Reserved, StoreError> {
-        let config = self.config(&request.sku).await?;
+        let mut config = self.config(&request.sku).await?;
         if request.quantity == 0 || request.quantity > config.per_user_limit {
             return Err(StoreError::InvalidQuantity(QuantityBound::PerUser(
                 config.per_user_limit,
             )));
         }
-        let mut config = config;
         for _ in 0..MAX_RESERVE_ROUNDS {
             let shard = home_shard(&request.user, config.shards);
             let id = ReservationId::generate(&request.sku, shard);
