@@ -61,16 +61,9 @@ async fn fill(redis: &LocalRedis, reservations: u64) -> Store {
     store
 }
 
-async fn settle(label: &str, store: Store, redis: &LocalRedis, url: &str) {
+async fn settle(label: &str, store: Store, url: &str) {
     let ledger = Ledger::connect(url).await.unwrap();
-    let reconciler = Reconciler::new(
-        store,
-        &redis.url(),
-        ledger.clone(),
-        ReconcileOptions::new(),
-        None,
-    )
-    .unwrap();
+    let reconciler = Reconciler::new(store, ledger.clone(), ReconcileOptions::new(), None);
     let started = Instant::now();
     assert!(reconciler.drain(Duration::from_secs(600)).await.unwrap());
     let secs = started.elapsed().as_secs_f64();
@@ -91,14 +84,13 @@ async fn main() {
     settle(
         "sqlite",
         store,
-        &redis,
         &format!("sqlite://{}/ledger.db", dir.path().display()),
     )
     .await;
 
     let store = fill(&redis, reservations).await;
     match LocalPostgres::start() {
-        Ok(postgres) => settle("postgres", store, &redis, &postgres.url()).await,
+        Ok(postgres) => settle("postgres", store, &postgres.url()).await,
         Err(error) => println!("postgres   not measured: {error}"),
     }
 }

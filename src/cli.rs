@@ -68,9 +68,10 @@ async fn connect(
     ledger: &LedgerArgs,
 ) -> anyhow::Result<(Store, Ledger, String)> {
     let url = ledger.url();
-    let store = Store::connect(&redis.store_options(&redis.redis_url))
+    let target = redis.target()?;
+    let store = Store::connect(&redis.store_options(target.clone()))
         .await
-        .with_context(|| unreachable_redis(&redis.redis_url))?;
+        .with_context(|| unreachable_redis(&target))?;
     let ledger = Ledger::connect(&url).await?;
     Ok((store, ledger, url))
 }
@@ -95,8 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reconcile(args) => {
             let (store, ledger, url) = connect(&args.redis, &args.ledger).await?;
-            let reconciler =
-                Reconciler::new(store, &args.redis.redis_url, ledger, args.options(), None)?;
+            let reconciler = Reconciler::new(store, ledger, args.options(), None);
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let running = tokio::spawn(reconciler.run(stopped));
             tracing::info!(database = %url, "reconciling");
@@ -114,11 +114,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 options.claim_idle = Duration::from_millis(1);
                 Some(Reconciler::new(
                     store.clone(),
-                    &args.redis.redis_url,
                     ledger.clone(),
                     options,
                     None,
-                )?)
+                ))
             };
             let report = audit::run(&store, &ledger, reconciler.as_ref(), args.repair).await?;
             print!("{report}");

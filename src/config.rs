@@ -10,18 +10,35 @@ use clap::Args;
 
 use crate::admission::{AdmissionConfig, Bucket};
 use crate::reconcile::ReconcileOptions;
-use crate::store::StoreOptions;
+use crate::store::{ReplicaWait, StoreOptions};
+use crate::topology::{RedisTarget, TargetError};
 
 /// Where the sale lives in Redis.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis to keep the sale in.
+    /// Redis to keep the sale in: one URL for a single Redis; several (repeat the flag or
+    /// separate them with commas) for the seed nodes of a Redis Cluster.
     #[arg(
         long,
         env = "FLASHSALE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        value_delimiter = ','
     )]
-    pub redis_url: String,
+    pub redis_url: Vec<String>,
+
+    /// The one `--redis-url` is a node of a Redis Cluster (several URLs always are).
+    #[arg(long, env = "FLASHSALE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Answer a confirm only once this many replicas have it (`WAIT`), so that a failover
+    /// does not lose it; 0 (the default) does not wait.
+    #[arg(long, env = "FLASHSALE_CONFIRM_WAIT_REPLICAS", default_value_t = 0)]
+    pub confirm_wait_replicas: u32,
+
+    /// The longest a confirm waits for its replicas, in ms; past it the confirm is
+    /// answered anyway (it is in Redis, on fewer replicas) and counted.
+    #[arg(long, env = "FLASHSALE_CONFIRM_WAIT_MS", default_value_t = 100)]
+    pub confirm_wait_ms: u64,
 
     /// Prefix of every Redis key the engine writes.
     #[arg(long, env = "FLASHSALE_KEY_PREFIX", default_value = "fs:")]
@@ -33,13 +50,22 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
-    /// The store's connection options, on `url` (which differs from `redis_url` when a
+    /// The Redis (or cluster) the flags name.
+    pub fn target(&self) -> Result<RedisTarget, TargetError> {
+        RedisTarget::parse(&self.redis_url, self.redis_cluster)
+    }
+
+    /// The store's connection options, on `target` (which differs from the flags' when a
     /// private Redis was started).
-    pub fn store_options(&self, url: &str) -> StoreOptions {
+    pub fn store_options(&self, target: RedisTarget) -> StoreOptions {
         StoreOptions {
-            redis_url: url.to_owned(),
+            target,
             prefix: self.key_prefix.clone(),
             timeout: Duration::from_millis(self.redis_timeout_ms.max(1)),
+            confirm_wait: (self.confirm_wait_replicas > 0).then(|| ReplicaWait {
+                replicas: self.confirm_wait_replicas,
+                timeout: Duration::from_millis(self.confirm_wait_ms.max(1)),
+            }),
         }
     }
 }
@@ -146,15 +172,19 @@ fn bucket(rate: u32, burst: u32) -> Option<Bucket> {
 }
 
 impl ServeConfig {
-    /// A configuration for tests and embedding: the defaults, on `redis_url`, port 0, no
-    /// ledger (unless `ledger.database_url` is then set).
-    pub fn local(redis_url: impl Into<String>) -> Self {
+    /// A configuration for tests and embedding: the defaults, on `target` (one URL, or a
+    /// [`RedisTarget`]), port 0, no ledger (unless `ledger.database_url` is then set).
+    pub fn local(target: impl Into<RedisTarget>) -> Self {
+        let target = target.into();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis: RedisArgs {
-                redis_url: redis_url.into(),
+                redis_url: target.urls().to_vec(),
+                redis_cluster: target.is_cluster(),
                 key_prefix: "fs:".to_owned(),
                 redis_timeout_ms: 1_000,
+                confirm_wait_replicas: 0,
+                confirm_wait_ms: 100,
             },
             spawn_redis: false,
             ledger: LedgerArgs { database_url: None },

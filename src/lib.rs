@@ -24,6 +24,7 @@
 //! - [`reconcile`]: settles the shard streams into the ledger, exactly once.
 //! - [`settlement`]: the ledger side of `serve`: reconciler and periodic audit.
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
+//! - [`topology`]: one Redis or a Redis Cluster, and the connection over either.
 //! - [`maintenance`]: the background sweeper and move recovery.
 //! - [`local_redis`]: a private `redis-server` for the demo, tests and load runs.
 //! - [`local_postgres`]: a private PostgreSQL server (own cluster, loopback port) for tests.
@@ -51,3 +52,4 @@ pub mod scripts;
 pub mod settlement;
 pub mod sharding;
 pub mod store;
+pub mod topology;

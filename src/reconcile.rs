@@ -1,8 +1,13 @@
 //! The reconciler: settles every event of the shard streams into the SQL ledger, once.
 //!
-//! One consumer group (`ledger`) per shard stream, read with `XREADGROUP BLOCK` over a
-//! deadpool-redis connection (a blocking read must not sit on the multiplexed hot-path
-//! connection). Each batch is written in one SQL transaction and acknowledged (`XACK`) only
+//! One consumer group (`ledger`) per shard stream. On a single Redis the streams are read
+//! with one `XREADGROUP BLOCK` over all of them, on a connection of the reconciler's own (a
+//! blocking read must not sit on the multiplexed hot-path connection: every call behind it
+//! would wait). On a Redis Cluster each stream lives in its own slot, so each is read by
+//! its own `XREADGROUP`, all of them at once, without `BLOCK` (a cluster connection is
+//! multiplexed per node, so a blocking read would stall the other streams of its node): a
+//! round that finds nothing waits [`IDLE_POLL`] before the next. Claims, acknowledgements
+//! and trims go stream by stream on either topology. Each batch is written in one SQL transaction and acknowledged (`XACK`) only
 //! after the commit: a crash before the ack leaves the entries pending, and they come back,
 //! to this consumer on restart or to another through `XAUTOCLAIM` once idle, and are applied
 //! again without effect (the ledger keys every event by its stream position).
@@ -14,19 +19,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Config as PoolConfig, Pool, Runtime};
+use futures::future::try_join_all;
 use rand::Rng;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
 use redis::{RedisError, Value};
-use tokio::sync::watch;
+use tokio::sync::{watch, OnceCell};
 
 use crate::events::Entry;
 use crate::ledger::{Applied, Ledger, LedgerError, LedgerRepo};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::topology::RedisConnection;
 
 /// The consumer group every reconciler joins.
 pub const GROUP: &str = "ledger";
+
+/// On a cluster, how long a read round that found nothing waits before the next: the
+/// settling delay a quiet stream adds, for one non-blocking read per stream per round.
+pub const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// How the reconciler reads.
 #[derive(Debug, Clone)]
@@ -76,9 +86,6 @@ pub enum ReconcileError {
     /// Redis failed.
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    /// The connection pool failed.
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     /// The store failed (listing SKUs).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -114,10 +121,20 @@ impl Backlog {
     }
 }
 
+/// The reconciler's own connections, never the store's hot-path one.
+#[derive(Clone)]
+struct Links {
+    /// Blocking reads (single Redis): nothing else waits behind them.
+    reader: RedisConnection,
+    /// Everything else: group creation, claims, acknowledgements, trims, backlog reads.
+    commands: RedisConnection,
+}
+
 /// A reconciler: a stream reader and a ledger writer.
 pub struct Reconciler {
     store: Store,
-    pool: Pool,
+    /// Connected on first use.
+    links: OnceCell<Links>,
     ledger: Ledger,
     options: ReconcileOptions,
     metrics: Option<Arc<Metrics>>,
@@ -131,6 +148,19 @@ fn position(id: &str) -> (u64, u64) {
     id.split_once('-')
         .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
         .unwrap_or((0, 0))
+}
+
+/// A read's entries, each with its stream.
+fn flatten(reply: Option<StreamReadReply>) -> Vec<(String, StreamId)> {
+    reply
+        .map(|r| r.keys)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|k| {
+            let key = k.key;
+            k.ids.into_iter().map(move |id| (key.clone(), id))
+        })
+        .collect()
 }
 
 fn entry_of(stream: &str, id: &StreamId) -> Option<Entry> {
@@ -151,38 +181,53 @@ fn entry_of(stream: &str, id: &StreamId) -> Option<Entry> {
 }
 
 impl Reconciler {
-    /// A reconciler reading the streams `store` writes, through a pool on `redis_url`.
+    /// A reconciler reading the streams `store` writes, on connections of its own to the
+    /// same Redis (or cluster), made on first use.
     pub fn new(
         store: Store,
-        redis_url: &str,
         ledger: Ledger,
         options: ReconcileOptions,
         metrics: Option<Arc<Metrics>>,
-    ) -> Result<Self, ReconcileError> {
-        let pool = PoolConfig::from_url(redis_url)
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             store,
-            pool,
+            links: OnceCell::new(),
             ledger,
             options,
             metrics,
             streams: parking_lot::Mutex::new(Vec::new()),
             recovering: std::sync::atomic::AtomicBool::new(true),
-        })
+        }
     }
 
     /// A reconciler with default options on the Redis `store` talks to: what a repair
     /// drains with when it was given none.
-    pub fn for_store(store: &Store, ledger: &Ledger) -> Result<Self, ReconcileError> {
-        Self::new(
-            store.clone(),
-            store.redis_url(),
-            ledger.clone(),
-            ReconcileOptions::new(),
-            None,
-        )
+    pub fn for_store(store: &Store, ledger: &Ledger) -> Self {
+        Self::new(store.clone(), ledger.clone(), ReconcileOptions::new(), None)
+    }
+
+    async fn links(&self) -> Result<Links, ReconcileError> {
+        let links = self
+            .links
+            .get_or_try_init(|| async {
+                let target = self.store.target();
+                let commands = target.connect(Duration::from_secs(5)).await?;
+                let reader = if target.is_cluster() {
+                    commands.clone()
+                } else {
+                    // Answers come up to one block late, by design.
+                    target
+                        .connect(self.options.block + Duration::from_secs(5))
+                        .await?
+                };
+                Ok::<_, RedisError>(Links { reader, commands })
+            })
+            .await?;
+        Ok(links.clone())
+    }
+
+    async fn commands(&self) -> Result<RedisConnection, ReconcileError> {
+        Ok(self.links().await?.commands)
     }
 
     /// The ledger it writes.
@@ -216,7 +261,7 @@ impl Reconciler {
 
     /// Makes sure the group exists on each of `streams` (and the stream itself).
     async fn ensure_groups(&self, streams: &[String]) -> Result<(), ReconcileError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.commands().await?;
         for key in streams {
             let created: Result<(), RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -304,14 +349,45 @@ impl Reconciler {
         self.settle(batch, epoch).await
     }
 
-    /// One `XREADGROUP` over `streams` from `from` (`>`: new entries; `0`: this consumer's
-    /// pending ones), blocking up to `block` if given.
+    /// Reads `streams` from `from` (`>`: new entries; `0`: this consumer's pending ones),
+    /// waiting up to `block` for new ones if given: one `XREADGROUP` over every stream on a
+    /// single Redis, one per stream on a cluster.
     async fn read_group(
         &self,
         streams: &[String],
         block: Option<Duration>,
         from: &str,
     ) -> Result<Vec<(String, StreamId)>, ReconcileError> {
+        let links = self.links().await?;
+        if !links.reader.is_cluster() {
+            let mut reader = links.reader;
+            let command = self.read_command(streams, block, from);
+            let reply: Option<StreamReadReply> = command.query_async(&mut reader).await?;
+            return Ok(flatten(reply));
+        }
+        let reads = streams.iter().map(|key| {
+            let mut conn = links.reader.clone();
+            let command = self.read_command(std::slice::from_ref(key), None, from);
+            async move {
+                command
+                    .query_async::<Option<StreamReadReply>>(&mut conn)
+                    .await
+            }
+        });
+        let batch: Vec<(String, StreamId)> = try_join_all(reads)
+            .await?
+            .into_iter()
+            .flat_map(flatten)
+            .collect();
+        if batch.is_empty() {
+            if let Some(block) = block {
+                tokio::time::sleep(block.min(IDLE_POLL)).await;
+            }
+        }
+        Ok(batch)
+    }
+
+    fn read_command(&self, streams: &[String], block: Option<Duration>, from: &str) -> redis::Cmd {
         let mut command = redis::cmd("XREADGROUP");
         command
             .arg("GROUP")
@@ -326,17 +402,7 @@ impl Reconciler {
         for _ in streams {
             command.arg(from);
         }
-        let mut conn = self.pool.get().await?;
-        let reply: Option<StreamReadReply> = command.query_async(&mut conn).await?;
-        Ok(reply
-            .map(|r| r.keys)
-            .unwrap_or_default()
-            .into_iter()
-            .flat_map(|k| {
-                let key = k.key;
-                k.ids.into_iter().map(move |id| (key.clone(), id))
-            })
-            .collect())
+        command
     }
 
     /// Claims up to a batch of the entries of `key` pending for at least `min_idle` with any
@@ -349,7 +415,7 @@ impl Reconciler {
         start: &str,
     ) -> Result<(Turn, String), ReconcileError> {
         let epoch = self.ledger.epoch().await?;
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.commands().await?;
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(key)
             .arg(GROUP)
@@ -418,12 +484,20 @@ impl Reconciler {
         for (key, id) in &batch {
             by_stream.entry(key).or_default().push(&id.id);
         }
-        let mut conn = self.pool.get().await?;
-        let mut pipe = redis::pipe();
-        for (key, ids) in by_stream {
-            pipe.cmd("XACK").arg(key).arg(GROUP).arg(ids).ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await?;
+        // One XACK per stream, all at once: each stream is its own slot on a cluster.
+        let conn = self.commands().await?;
+        try_join_all(by_stream.into_iter().map(|(key, ids)| {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("XACK")
+                    .arg(key)
+                    .arg(GROUP)
+                    .arg(ids)
+                    .exec_async(&mut conn)
+                    .await
+            }
+        }))
+        .await?;
         if let Some(metrics) = &self.metrics {
             metrics.reconciler_batches.inc();
             metrics.reconciler_events.inc_by(applied.applied);
@@ -443,7 +517,7 @@ impl Reconciler {
 
     /// What is not settled yet of `streams`.
     async fn backlog_of(&self, streams: &[String]) -> Result<Backlog, ReconcileError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.commands().await?;
         let mut backlog = Backlog::default();
         let mut oldest = |id: &str| {
             let (ms, _) = position(id);
@@ -503,7 +577,7 @@ impl Reconciler {
     /// Trims each stream below what every one of its groups has acknowledged.
     pub async fn trim(&self) -> Result<u64, ReconcileError> {
         let streams = self.streams.lock().clone();
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.commands().await?;
         let mut trimmed = 0;
         for key in &streams {
             let groups: StreamInfoGroupsReply = redis::cmd("XINFO")

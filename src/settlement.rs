@@ -24,8 +24,6 @@ use crate::store::Store;
 pub struct SettlementOptions {
     /// The database URL.
     pub database_url: String,
-    /// The Redis URL the reconciler reads streams from.
-    pub redis_url: String,
     /// Run the reconciler here.
     pub reconcile: bool,
     /// Quick audit interval; `None` for never.
@@ -71,16 +69,9 @@ pub fn spawn(
             tokio::spawn(audit_loop(store, ledger, every, metrics, stop))
         });
         if options.reconcile {
-            match Reconciler::new(
-                store,
-                &options.redis_url,
-                connected,
-                ReconcileOptions::new(),
-                Some(metrics),
-            ) {
-                Ok(reconciler) => reconciler.run(stop.clone()).await,
-                Err(error) => tracing::error!(%error, "reconciler did not start"),
-            }
+            Reconciler::new(store, connected, ReconcileOptions::new(), Some(metrics))
+                .run(stop.clone())
+                .await;
         }
         if let Some(auditor) = auditor {
             let _ = auditor.await;
@@ -128,7 +119,7 @@ async fn audit_once(
     if stale.is_empty() {
         return Ok(());
     }
-    let reconciler = Reconciler::for_store(store, ledger)?;
+    let reconciler = Reconciler::for_store(store, ledger);
     for sku in stale {
         tracing::warn!(%sku, "a repair left this SKU fenced; repairing it again");
         let outcome = match repair_sku(store, ledger, &reconciler, &sku, true).await {

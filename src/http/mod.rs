@@ -44,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::recovery::identity;
 use crate::settlement::{self, SettlementOptions};
 use crate::store::Store;
+use crate::topology::RedisTarget;
 use crate::{gates, maintenance};
 
 /// How long start-up waits for the ledger when Redis has to be checked against it.
@@ -251,7 +252,7 @@ fn parse_time(field: &str, text: &str, earliest: u64) -> Result<u64, ApiError> {
 }
 
 /// What a command says when the Redis at `url` does not answer.
-pub fn unreachable_redis(url: &str) -> String {
+pub fn unreachable_redis(url: &dyn std::fmt::Display) -> String {
     format!(
         "cannot reach Redis at {url}: start one there, point --redis-url (or \
          FLASHSALE_REDIS_URL) at one, or try `flashsale serve --spawn-redis` for a private \
@@ -276,21 +277,21 @@ impl Application {
     /// Connects to Redis (or starts a private one), learns the loaded SKUs, binds the
     /// listener and starts the background tasks (sweeper, move recovery, sold-out refresh).
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
-        let (redis, redis_url) = if config.spawn_redis {
+        let (redis, target) = if config.spawn_redis {
             let redis = LocalRedis::start()?;
-            let url = redis.url();
-            (Some(redis), url)
+            let target = RedisTarget::from(redis.url());
+            (Some(redis), target)
         } else {
-            (None, config.redis.redis_url.clone())
+            (None, config.redis.target()?)
         };
         let database_url = config.database_url(redis.as_ref().map(LocalRedis::dir));
-        let store = Store::connect(&config.redis.store_options(&redis_url))
+        let store = Store::connect(&config.redis.store_options(target.clone()))
             .await
-            .with_context(|| unreachable_redis(&redis_url))?;
+            .with_context(|| unreachable_redis(&target))?;
         store
             .sync_clock()
             .await
-            .with_context(|| unreachable_redis(&redis_url))?;
+            .with_context(|| unreachable_redis(&target))?;
         let admission = Arc::new(Admission::new(&config.admission()));
         for sku in store.skus().await? {
             admission.know(&*store.config(&sku).await?);
@@ -307,7 +308,6 @@ impl Application {
         let settlement = database_url.clone().map(|database_url| {
             let options = SettlementOptions {
                 database_url,
-                redis_url: redis_url.clone(),
                 reconcile: !config.no_reconcile,
                 audit_every: (config.audit_interval_s > 0)
                     .then(|| std::time::Duration::from_secs(config.audit_interval_s)),

@@ -284,7 +284,7 @@ pub async fn run(
         let reconciler = match reconciler {
             Some(reconciler) => reconciler,
             None => {
-                own = Reconciler::for_store(store, ledger)?;
+                own = Reconciler::for_store(store, ledger);
                 &own
             }
         };

@@ -1,8 +1,10 @@
-//! The store's connection: the shared multiplexed [`ConnectionManager`], which reconnects
-//! by itself, plus what a dropped connection means for a flash sale.
+//! The store's connection: the shared multiplexed [`RedisConnection`] (one Redis or a
+//! cluster; either reconnects by itself), plus what a dropped connection means for a flash
+//! sale.
 //!
-//! A dropped connection may be a Redis that restarted, and a restarted Redis may have lost
-//! acknowledged writes (an append-only file synced every second, or none). So a drop marks
+//! A dropped connection may be a Redis that restarted, or on a cluster a master that failed
+//! over to a replica, and either may have lost acknowledged writes (an append-only file
+//! synced every second, or none; a replica that had not received the last writes). So a drop marks
 //! the store *suspect*: admission refuses requests until the gate task has checked the
 //! Redis it now talks to against the ledger (see `gates.rs`). Reads are sent again once on
 //! the new connection (they, and the store's few plain writes, are idempotent); scripts are not: the request fails with 503
@@ -13,18 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Arg, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::aio::ConnectionLike;
+use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
+
+use crate::topology::{connection_lost, RedisConnection};
 
 /// The multiplexed connection, with the store's suspect flag.
 #[derive(Clone)]
 pub struct StoreConnection {
-    pub(super) manager: ConnectionManager,
+    pub(super) conn: RedisConnection,
     pub(super) suspect: Arc<AtomicBool>,
-}
-
-fn dropped(error: &RedisError) -> bool {
-    !error.is_timeout() && (error.is_connection_dropped() || error.is_io_error())
 }
 
 fn is_script(cmd: &Cmd) -> bool {
@@ -39,13 +39,13 @@ fn is_script(cmd: &Cmd) -> bool {
 impl ConnectionLike for StoreConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         async move {
-            match self.manager.req_packed_command(cmd).await {
-                Err(error) if dropped(&error) => {
+            match self.conn.req_packed_command(cmd).await {
+                Err(error) if connection_lost(&error) => {
                     self.suspect.store(true, Ordering::Release);
                     if is_script(cmd) {
                         Err(error)
                     } else {
-                        self.manager.req_packed_command(cmd).await
+                        self.conn.req_packed_command(cmd).await
                     }
                 }
                 other => other,
@@ -61,18 +61,12 @@ impl ConnectionLike for StoreConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         async move {
-            match self
-                .manager
-                .req_packed_commands(pipeline, offset, count)
-                .await
-            {
+            match self.conn.req_packed_commands(pipeline, offset, count).await {
                 // The store's pipelines are reads or idempotent writes (a SKU's routing
                 // record); stock only changes in scripts.
-                Err(error) if dropped(&error) => {
+                Err(error) if connection_lost(&error) => {
                     self.suspect.store(true, Ordering::Release);
-                    self.manager
-                        .req_packed_commands(pipeline, offset, count)
-                        .await
+                    self.conn.req_packed_commands(pipeline, offset, count).await
                 }
                 other => other,
             }
@@ -81,6 +75,6 @@ impl ConnectionLike for StoreConnection {
     }
 
     fn get_db(&self) -> i64 {
-        self.manager.get_db()
+        self.conn.get_db()
     }
 }

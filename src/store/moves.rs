@@ -11,9 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::Value;
-
-use super::{parse, Store, StoreError};
+use super::{Store, StoreError};
 use crate::ids::{random_token, Sku};
 use crate::scripts::ScriptCode;
 use crate::store::SkuConfig;
@@ -175,38 +173,39 @@ impl Store {
         Ok(shards.iter().map(|s| s.avail).sum())
     }
 
-    /// Redis's time and every shard's available units, pending moves and earliest deadline.
+    /// Redis's time and every shard's available units, pending moves and earliest deadline:
+    /// each shard read in one call on its slot, every shard at once. The time is the
+    /// earliest any shard's node reported.
     async fn shard_status(
         &self,
         sku: &Sku,
         shards: u16,
     ) -> Result<(u64, Vec<ShardStatus>), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
-        for shard in 0..shards {
+        let reads = (0..shards).map(|shard| async move {
             let keys = self.shard_keys(sku, shard);
-            pipe.hget(&keys.hash, ":avail")
+            // TIME has no key: the pipeline goes to the node of the shard's keys.
+            let ((secs, micros), avail, pending_moves, first): (
+                (u64, u64),
+                Option<u64>,
+                u64,
+                Vec<(String, f64)>,
+            ) = redis::pipe()
+                .cmd("TIME")
+                .hget(&keys.hash, ":avail")
                 .hlen(&keys.moves)
-                .zrange_withscores(&keys.deadlines, 0, 0);
-        }
-        let replies: Vec<Value> = pipe.query_async(&mut self.connection()).await?;
-        let mut replies = replies.into_iter();
-        let (secs, micros): (u64, u64) = parse(replies.next().unwrap_or(Value::Nil))?;
-        let mut status = Vec::with_capacity(usize::from(shards));
-        while let (Some(avail), Some(moves), Some(first)) =
-            (replies.next(), replies.next(), replies.next())
-        {
-            let first: Vec<(String, f64)> = parse(first)?;
-            status.push(ShardStatus {
-                avail: parse::<Option<u64>>(avail)?.unwrap_or(0),
-                pending_moves: parse(moves)?,
+                .zrange_withscores(&keys.deadlines, 0, 0)
+                .query_async(&mut self.connection())
+                .await?;
+            let status = ShardStatus {
+                avail: avail.unwrap_or(0),
+                pending_moves,
                 earliest_deadline: first.first().map(|(_, score)| *score as u64),
-            });
-        }
-        if status.len() != usize::from(shards) {
-            return Err(StoreError::Protocol("short shard status reply".into()));
-        }
-        Ok((secs * 1000 + micros / 1000, status))
+            };
+            Ok::<_, StoreError>((secs * 1000 + micros / 1000, status))
+        });
+        let read = futures::future::try_join_all(reads).await?;
+        let now = read.iter().map(|(now, _)| *now).min().unwrap_or(0);
+        Ok((now, read.into_iter().map(|(_, status)| status).collect()))
     }
 
     /// Moves up to `want` available units from shard `from` to shard `to`; returns how

@@ -135,8 +135,7 @@ async fn with_fsync_everysec_the_audit_repairs_from_the_ledger() {
     let ledger = Ledger::connect(&database_url).await.unwrap();
     let mut options = ReconcileOptions::new();
     options.claim_idle = Duration::from_millis(100);
-    let reconciler =
-        Reconciler::new(store.clone(), &redis.url(), ledger.clone(), options, None).unwrap();
+    let reconciler = Reconciler::new(store.clone(), ledger.clone(), options, None);
     let repair = audit::run(&store, &ledger, Some(&reconciler), true)
         .await
         .unwrap();

@@ -129,8 +129,7 @@ pub async fn verify(
     let ledger = Ledger::connect(database_url).await.unwrap();
     let mut options = ReconcileOptions::new();
     options.claim_idle = Duration::from_millis(100);
-    let reconciler =
-        Reconciler::new(store.clone(), redis_url, ledger.clone(), options, None).unwrap();
+    let reconciler = Reconciler::new(store.clone(), ledger.clone(), options, None);
     assert!(
         reconciler.drain(Duration::from_secs(60)).await.unwrap(),
         "streams not settled"

@@ -65,14 +65,7 @@ async fn events_settle_once_and_the_ledger_matches_redis() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     store.sweep(&tv, 1000).await.unwrap();
 
-    let reconciler = Reconciler::new(
-        store.clone(),
-        &redis.url(),
-        ledger.clone(),
-        ReconcileOptions::new(),
-        None,
-    )
-    .unwrap();
+    let reconciler = Reconciler::new(store.clone(), ledger.clone(), ReconcileOptions::new(), None);
     assert!(reconciler.drain(Duration::from_secs(30)).await.unwrap());
     let report = audit::run(&store, &ledger, None, false).await.unwrap();
     assert!(report.drifts.is_empty(), "{report}");
@@ -107,14 +100,7 @@ async fn events_settle_once_and_the_ledger_matches_redis() {
             .await
             .unwrap();
     }
-    let again = Reconciler::new(
-        store.clone(),
-        &redis.url(),
-        ledger.clone(),
-        ReconcileOptions::new(),
-        None,
-    )
-    .unwrap();
+    let again = Reconciler::new(store.clone(), ledger.clone(), ReconcileOptions::new(), None);
     again.discover().await.unwrap();
     let mut duplicates = 0;
     loop {

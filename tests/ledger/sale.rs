@@ -26,14 +26,7 @@ pub async fn inspect(app: &TestApp, url: &str) -> (Store, Ledger, Reconciler) {
     let ledger = Ledger::connect(url).await.unwrap();
     let mut options = ReconcileOptions::new();
     options.claim_idle = Duration::from_millis(200);
-    let reconciler = Reconciler::new(
-        store.clone(),
-        &app.redis.url(),
-        ledger.clone(),
-        options,
-        None,
-    )
-    .unwrap();
+    let reconciler = Reconciler::new(store.clone(), ledger.clone(), options, None);
     (store, ledger, reconciler)
 }
 

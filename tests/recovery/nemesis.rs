@@ -472,15 +472,13 @@ struct Settler {
 }
 
 impl Settler {
-    fn start(store: &Store, redis_url: &str, ledger: &Ledger, consumer: String) -> Self {
+    fn start(store: &Store, ledger: &Ledger, consumer: String) -> Self {
         let reconciler = Reconciler::new(
             store.clone(),
-            redis_url,
             ledger.clone(),
             reconcile_options(consumer),
             None,
-        )
-        .expect("a reconciler");
+        );
         let (shutdown, stop) = watch::channel(false);
         Self {
             task: tokio::spawn(reconciler.run(stop)),
@@ -794,12 +792,10 @@ impl Nemesis {
         // to both stores, and there would be no sale to check.
         let opening = Reconciler::new(
             stores[0].clone(),
-            &redis.url(),
             ledger.clone(),
             reconcile_options("opening".to_owned()),
             None,
-        )
-        .or_fail(&at, "a reconciler");
+        );
         let settled = opening
             .drain(DRAIN_WITHIN)
             .await
@@ -813,13 +809,11 @@ impl Nemesis {
             Engine {
                 auditor: Reconciler::new(
                     store.clone(),
-                    &redis.url(),
                     ledger.clone(),
                     reconcile_options(format!("auditor{n}")),
                     None,
-                )
-                .or_fail(&at, "a reconciler"),
-                settler: Settler::start(&store, &redis.url(), &ledger, format!("engine{n}-0")),
+                ),
+                settler: Settler::start(&store, &ledger, format!("engine{n}-0")),
                 store,
                 generation: 0,
             }
@@ -955,12 +949,10 @@ impl Nemesis {
                 )
             }
             Action::RestartReconciler { engine } => {
-                let url = self.redis.url();
                 let e = &mut self.engines[engine];
                 e.generation += 1;
                 let next = Settler::start(
                     &e.store,
-                    &url,
                     &self.ledger,
                     format!("engine{engine}-{}", e.generation),
                 );

@@ -40,14 +40,8 @@ impl Rig {
         let ledger = Ledger::connect(&url).await.expect("sqlite ledger");
         let prefix = format!("t{}:", random_token());
         let store = store_under(&redis, &prefix).await;
-        let reconciler = Reconciler::new(
-            store.clone(),
-            &redis.url(),
-            ledger.clone(),
-            ReconcileOptions::new(),
-            None,
-        )
-        .expect("reconciler");
+        let reconciler =
+            Reconciler::new(store.clone(), ledger.clone(), ReconcileOptions::new(), None);
         Self {
             redis,
             _dir: dir,
