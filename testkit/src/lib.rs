@@ -1,0 +1,36 @@
+//! flashsale-testkit: the private servers flashsale's tests, benches and load harness run
+//! against, each on free loopback ports in temporary directories of its own, stopped and
+//! removed when its handle drops. Never a server someone else started.
+//!
+//! - [`LocalCluster`]: a Redis Cluster of `redis-server --cluster-enabled yes` nodes,
+//!   joined by `redis-cli --cluster create`, with failover and slot moves on demand.
+//! - [`free_port`]: a loopback port nobody listens on.
+
+mod cluster;
+mod resp;
+
+use std::io;
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+pub use cluster::{ClusterNode, LocalCluster, LocalClusterOptions, Role, SLOTS};
+
+/// A loopback port that was free a moment ago: bound and released, so that a server can
+/// bind it. Someone else may take it in between; callers retry with another.
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The `redis-server` binary: `$FLASHSALE_REDIS_SERVER`, or the one on `PATH`.
+pub(crate) fn redis_server_binary() -> PathBuf {
+    std::env::var_os("FLASHSALE_REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+/// The `redis-cli` binary: `$FLASHSALE_REDIS_CLI`, or the one on `PATH`.
+pub(crate) fn redis_cli_binary() -> PathBuf {
+    std::env::var_os("FLASHSALE_REDIS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-cli"))
+}
