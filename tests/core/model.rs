@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flashsale::ids::{IdempotencyKey, ReservationId, Sku, UserId};
-use flashsale::local_redis::LocalRedis;
 use flashsale::store::{ExpiredBecause, HoldState, Reservation, SkuSpec, Store, StoreError};
+use flashsale::topology::{RedisConnection, RedisTarget};
 use proptest::prelude::*;
 
 use crate::support::*;
@@ -194,7 +194,7 @@ fn seen(result: Result<Reservation, StoreError>, replayed: bool) -> Answer {
 }
 
 /// Redis's clock, once no held hold falls due within the next `SLACK_MS`.
-async fn settled_now(conn: &mut redis::aio::MultiplexedConnection, model: &Model) -> u64 {
+async fn settled_now(conn: &mut RedisConnection, model: &Model) -> u64 {
     loop {
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
         let now = secs * 1000 + micros / 1000;
@@ -209,17 +209,13 @@ async fn settled_now(conn: &mut redis::aio::MultiplexedConnection, model: &Model
 }
 
 async fn run_case(
-    redis: &LocalRedis,
+    target: &RedisTarget,
     ops: Vec<Op>,
     stock: u64,
     shards: u16,
 ) -> Result<(), TestCaseError> {
-    let store: Store = store_on(redis).await;
-    let mut clock = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let store: Store = store_on(target).await;
+    let mut clock = target.connect(Duration::from_secs(5)).await.unwrap();
     let sku = Sku::new("item").unwrap();
     let spec = SkuSpec {
         shards: Some(shards),
@@ -375,13 +371,14 @@ async fn run_case(
 #[test]
 fn random_sequences_behave_like_the_model() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let redis = LocalRedis::start().unwrap();
+    let servers = Servers::start();
+    let target = servers.target();
     let config = ProptestConfig {
         cases: 24,
         failure_persistence: None,
         ..ProptestConfig::default()
     };
     proptest!(config, |(ops in prop::collection::vec(op(), 1..30), stock in 0..8u64, shards in 1..4u16)| {
-        runtime.block_on(run_case(&redis, ops, stock, shards))?;
+        runtime.block_on(run_case(&target, ops, stock, shards))?;
     });
 }

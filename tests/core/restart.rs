@@ -24,7 +24,7 @@ async fn backoff(failures: &AtomicU64, error: redis::RedisError) {
 async fn scripts_reload_and_nothing_acknowledged_is_lost_across_a_restart() {
     const STOCK: u64 = 400;
     const BUYERS: u64 = 800;
-    let mut h = Harness::start_with(LocalRedisOptions {
+    let mut h = Harness::start_single_with(LocalRedisOptions {
         aof: Some(Fsync::Always),
     })
     .await;
@@ -79,7 +79,7 @@ async fn scripts_reload_and_nothing_acknowledged_is_lost_across_a_restart() {
     while next.load(Ordering::Relaxed) < BUYERS / 4 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::task::block_in_place(|| h.redis.restart()).expect("restart redis");
+    tokio::task::block_in_place(|| h.redis.single().restart()).expect("restart redis");
     for task in tasks {
         task.await.unwrap();
     }

@@ -613,7 +613,7 @@ async fn scripts_are_loaded_again_after_the_cache_is_flushed() {
     let tv = h.sku("tv", spec(2, 1, 1, 60_000)).await;
     h.store.reserve(&request(&tv, "ann", 1, "k")).await.unwrap();
     // What a restart or a failover does to the script cache.
-    assert_eq!(h.redis.command(&["SCRIPT", "FLUSH"]).unwrap(), "+OK");
+    assert_eq!(h.redis.command_everywhere(&["SCRIPT", "FLUSH"]), "+OK");
     h.store.reserve(&request(&tv, "bob", 1, "k")).await.unwrap();
     assert_eq!(h.store.totals(&tv).await.unwrap().held, 2);
 }
@@ -624,7 +624,7 @@ async fn a_quantity_over_a_limit_changed_by_another_engine_names_the_new_limit()
     let tv = h.sku("tv", spec(10, 1, 3, 60_000)).await;
     // Another engine (a second store on the same Redis and prefix) cuts the limit to 1;
     // this one still has 3 cached, so the script is the one to refuse.
-    let mut options = StoreOptions::new(h.redis.url());
+    let mut options = StoreOptions::new(h.redis.target());
     options.prefix = h.store.keys().prefix().to_owned();
     let other = Store::connect(&options).await.unwrap();
     other.load(&tv, &spec(10, 1, 1, 60_000)).await.unwrap();

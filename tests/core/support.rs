@@ -1,4 +1,9 @@
 //! What every core test needs: a private Redis, a store on it, and short constructors.
+//!
+//! The suite runs on either topology: a single `redis-server` by default, a 3-master Redis
+//! Cluster when `FLASHSALE_TEST_TOPOLOGY=cluster` (each test starts its own). A shard's
+//! keys share one slot and a SKU's shards are spread over the masters, so on the cluster
+//! every multi-shard test crosses nodes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,22 +13,98 @@ use flashsale::events::{Entry, Event};
 use flashsale::ids::{random_token, IdempotencyKey, ReservationId, Sku, UserId};
 use flashsale::local_redis::{LocalRedis, LocalRedisOptions};
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
+use flashsale::topology::RedisTarget;
+use flashsale_testkit::{LocalCluster, LocalClusterOptions};
 
-/// A private Redis and a store on it under a fresh key prefix.
+/// The servers of one test: a single Redis or a cluster.
+pub enum Servers {
+    Single(LocalRedis),
+    Cluster(LocalCluster),
+}
+
+impl Servers {
+    /// The topology `FLASHSALE_TEST_TOPOLOGY` names (`single`, the default, or `cluster`).
+    pub fn start() -> Self {
+        match std::env::var("FLASHSALE_TEST_TOPOLOGY").as_deref() {
+            Ok("cluster") => Self::Cluster(
+                LocalCluster::start(LocalClusterOptions::default()).expect("start a cluster"),
+            ),
+            Ok("single") | Err(_) => Self::Single(LocalRedis::start().expect("start redis-server")),
+            Ok(other) => panic!("FLASHSALE_TEST_TOPOLOGY={other:?}: use single or cluster"),
+        }
+    }
+
+    pub fn target(&self) -> RedisTarget {
+        match self {
+            Self::Single(redis) => RedisTarget::from(redis.url()),
+            Self::Cluster(cluster) => RedisTarget::Cluster(cluster.seed_urls()),
+        }
+    }
+
+    /// Runs a command on every master, returning the first answer.
+    pub fn command_everywhere(&self, words: &[&str]) -> String {
+        match self {
+            Self::Single(redis) => redis.command(words).expect("redis command"),
+            Self::Cluster(cluster) => {
+                let mut answers = cluster
+                    .masters()
+                    .expect("masters")
+                    .into_iter()
+                    .map(|node| cluster.command(node.port, words).expect("redis command"));
+                answers.next().expect("a master")
+            }
+        }
+    }
+
+    /// The single Redis; panics on a cluster (the test is about one server).
+    pub fn single(&mut self) -> &mut LocalRedis {
+        match self {
+            Self::Single(redis) => redis,
+            Self::Cluster(_) => panic!("this test needs a single Redis"),
+        }
+    }
+
+    /// A synchronous connection for reading what the scripts wrote.
+    fn sync_connection(&self) -> Box<dyn redis::ConnectionLike> {
+        match self {
+            Self::Single(redis) => Box::new(
+                redis::Client::open(redis.url())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap(),
+            ),
+            Self::Cluster(cluster) => Box::new(
+                redis::cluster::ClusterClient::new(cluster.seed_urls())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+/// A private Redis (or cluster) and a store on it under a fresh key prefix.
 pub struct Harness {
-    pub redis: LocalRedis,
+    pub redis: Servers,
     pub store: Store,
 }
 
 impl Harness {
     pub async fn start() -> Self {
-        Self::start_with(LocalRedisOptions::default()).await
+        let redis = Servers::start();
+        let store = store_on(&redis.target()).await;
+        Self { redis, store }
     }
 
-    pub async fn start_with(options: LocalRedisOptions) -> Self {
+    /// On a single Redis started with `options` whatever the topology asked: what the
+    /// restart tests need (a cluster's counterpart of a restart is a failover).
+    pub async fn start_single_with(options: LocalRedisOptions) -> Self {
         let redis = LocalRedis::start_with(options).expect("start redis-server");
-        let store = store_on(&redis).await;
-        Self { redis, store }
+        let store = store_on(&RedisTarget::from(redis.url())).await;
+        Self {
+            redis: Servers::Single(redis),
+            store,
+        }
     }
 
     /// Loads `name` with `spec` and returns the SKU.
@@ -35,8 +116,7 @@ impl Harness {
 
     /// Every event of every shard of `sku`, shard by shard, each shard's in order.
     pub fn events(&self, sku: &Sku, shards: u16) -> Vec<Event> {
-        let client = redis::Client::open(self.redis.url()).unwrap();
-        let mut conn = client.get_connection().unwrap();
+        let mut conn = self.redis.sync_connection();
         let mut all = Vec::new();
         for shard in 0..shards {
             let key = self.store.keys().shard(sku, shard).events;
@@ -44,7 +124,7 @@ impl Harness {
                 .arg(&key)
                 .arg("-")
                 .arg("+")
-                .query(&mut conn)
+                .query(conn.as_mut())
                 .unwrap();
             for entry in reply.ids {
                 let fields: HashMap<String, String> = entry
@@ -61,8 +141,8 @@ impl Harness {
     }
 }
 
-pub async fn store_on(redis: &LocalRedis) -> Store {
-    let mut options = StoreOptions::new(redis.url());
+pub async fn store_on(target: &RedisTarget) -> Store {
+    let mut options = StoreOptions::new(target.clone());
     options.prefix = format!("t{}:", random_token());
     options.timeout = Duration::from_secs(5);
     Store::connect(&options).await.expect("connect store")
