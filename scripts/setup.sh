@@ -35,6 +35,8 @@ case "$1" in
     ;;
   test)
     need redis-server command -v redis-server
+    # The cluster tests join their servers with redis-cli --cluster create.
+    need redis-tools command -v redis-cli
     # The clock fault test runs the engine with its clock shifted (libfaketime).
     need faketime has_faketime
     # The ledger tests start their own PostgreSQL cluster with initdb and pg_ctl.

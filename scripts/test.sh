@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Every test starts the real servers it needs (redis-server on a free
-# port in a temporary directory, PostgreSQL with initdb/pg_ctl, schemathesis from PyPI) and
-# stops them. Then a short sale through the load harness, with all its invariant checks.
+# port in a temporary directory, a Redis Cluster of such servers, PostgreSQL with
+# initdb/pg_ctl, schemathesis from PyPI) and stops them. Then a short sale through the load harness, with all its invariant checks.
 # It reuses the build of scripts/sale.sh (one profile for both) and compiles only the tests.
 #
 # The tests' temporary files go to a directory of this run, which must be empty at the end
@@ -20,6 +20,8 @@ chmod 755 "$scratch"
 export TMPDIR="$scratch"
 
 cargo test --workspace "$@"
+# The store's contract tests again, on a 3-master Redis Cluster.
+FLASHSALE_TEST_TOPOLOGY=cluster cargo test --test core "$@"
 target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml \
   --out target/loadtest-ci
 
