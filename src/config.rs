@@ -30,13 +30,14 @@ pub struct RedisArgs {
     #[arg(long, env = "FLASHSALE_REDIS_CLUSTER")]
     pub redis_cluster: bool,
 
-    /// Answer a confirm only once this many replicas have it (`WAIT`), so that a failover
-    /// does not lose it; 0 (the default) does not wait.
+    /// Answer a confirm only once this many replicas of its master have it (`WAIT`), so
+    /// that a failover cannot lose an acknowledged confirm; 0 (the default) does not wait.
     #[arg(long, env = "FLASHSALE_CONFIRM_WAIT_REPLICAS", default_value_t = 0)]
     pub confirm_wait_replicas: u32,
 
-    /// The longest a confirm waits for its replicas, in ms; past it the confirm is
-    /// answered anyway (it is in Redis, on fewer replicas) and counted.
+    /// The longest a confirm waits for its replicas, in ms; past it the confirm is refused
+    /// with 503 `not_replicated` (it is in Redis; the client's retry waits again). Keep it
+    /// well below --redis-timeout-ms: the wait holds the node's connection.
     #[arg(long, env = "FLASHSALE_CONFIRM_WAIT_MS", default_value_t = 100)]
     pub confirm_wait_ms: u64,
 

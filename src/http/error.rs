@@ -208,9 +208,10 @@ impl ApiError {
                     | StoreError::KeyReused
                     | StoreError::InvalidSpec(_) => S::UNPROCESSABLE_ENTITY,
                     StoreError::Expired(_) => S::GONE,
-                    StoreError::Contended | StoreError::Recovering | StoreError::Redis(_) => {
-                        S::SERVICE_UNAVAILABLE
-                    }
+                    StoreError::Contended
+                    | StoreError::Recovering
+                    | StoreError::NotReplicated { .. }
+                    | StoreError::Redis(_) => S::SERVICE_UNAVAILABLE,
                     StoreError::Protocol(_) => S::INTERNAL_SERVER_ERROR,
                 };
                 let retry = (status == S::SERVICE_UNAVAILABLE).then_some(RETRY_SOON);
@@ -335,6 +336,7 @@ fn title_of(code: &str) -> &'static str {
         "invalid_sku_spec" => "Invalid SKU specification",
         "unavailable" => "Service unavailable",
         "recovering" => "SKU being repaired",
+        "not_replicated" => "Confirm not yet on its replicas",
         _ => "Internal error",
     }
 }

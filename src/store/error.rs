@@ -60,6 +60,16 @@ pub enum StoreError {
     /// the same request shortly after will be answered.
     #[error("this SKU is being repaired from the ledger; retry shortly")]
     Recovering,
+    /// A confirm is in Redis but fewer replicas than `--confirm-wait-replicas` had it when
+    /// the wait ended: it is not answered as done, since a failover now could lose it. The
+    /// same confirm again is answered once the replicas have it.
+    #[error("the confirm is on {acked} of {wanted} replicas; retry it")]
+    NotReplicated {
+        /// Replicas that had it.
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+    },
     /// Redis failed or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -127,6 +137,7 @@ impl StoreError {
             Self::SkuLive => "sku_live",
             Self::InvalidSpec(_) => "invalid_sku_spec",
             Self::Recovering => "recovering",
+            Self::NotReplicated { .. } => "not_replicated",
             Self::Contended | Self::Redis(_) | Self::Protocol(_) => "unavailable",
         }
     }

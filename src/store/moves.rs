@@ -16,6 +16,9 @@ use crate::ids::{random_token, Sku};
 use crate::scripts::ScriptCode;
 use crate::store::SkuConfig;
 
+/// A shard status read: `TIME`, `:avail`, the pending moves' count, the earliest deadline.
+type ShardStatusReply = ((u64, u64), Option<u64>, u64, Vec<(String, f64)>);
+
 /// How long a refill's "nothing anywhere" answers the reserves that waited for it.
 const SOLD_OUT_REUSE: Duration = Duration::from_millis(20);
 
@@ -184,18 +187,14 @@ impl Store {
         let reads = (0..shards).map(|shard| async move {
             let keys = self.shard_keys(sku, shard);
             // TIME has no key: the pipeline goes to the node of the shard's keys.
-            let ((secs, micros), avail, pending_moves, first): (
-                (u64, u64),
-                Option<u64>,
-                u64,
-                Vec<(String, f64)>,
-            ) = redis::pipe()
+            let reply: ShardStatusReply = redis::pipe()
                 .cmd("TIME")
                 .hget(&keys.hash, ":avail")
                 .hlen(&keys.moves)
                 .zrange_withscores(&keys.deadlines, 0, 0)
                 .query_async(&mut self.connection())
                 .await?;
+            let ((secs, micros), avail, pending_moves, first) = reply;
             let status = ShardStatus {
                 avail: avail.unwrap_or(0),
                 pending_moves,

@@ -178,8 +178,9 @@ impl Store {
 
     /// With `confirm_wait` set, waits until that many replicas of the shard's master have
     /// every write this connection made so far (`WAIT`, on that master), or its timeout. A
-    /// confirm that timed out is answered all the same (it is in Redis, on fewer replicas:
-    /// a failover now could lose it) and counted in [`Store::confirms_short_of_replicas`].
+    /// confirm still short of them is refused with [`StoreError::NotReplicated`] (it is in
+    /// Redis, but a failover now could lose it; the client's retry replays it and waits
+    /// again) and counted in [`Store::confirms_short_of_replicas`].
     async fn wait_for_replicas(&self, id: &ReservationId) -> Result<(), StoreError> {
         let Some(wait) = self.inner.confirm_wait else {
             return Ok(());
@@ -194,12 +195,15 @@ impl Store {
             self.inner
                 .confirms_short
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(%id, acked, wanted = wait.replicas, "confirm answered before its replicas had it");
+            return Err(StoreError::NotReplicated {
+                acked,
+                wanted: wait.replicas,
+            });
         }
         Ok(())
     }
 
-    /// Confirms answered before `confirm_wait`'s replicas had them, since the start.
+    /// Confirms refused because their replicas did not have them in time, since the start.
     pub fn confirms_short_of_replicas(&self) -> u64 {
         self.inner
             .confirms_short
