@@ -25,6 +25,8 @@ const BUYERS: usize = 16;
 
 /// What a failover cost one sale.
 struct Loss {
+    /// A confirm's mean round trip through the API before the replicas were stopped.
+    confirm_mean_us: u64,
     /// Confirms acknowledged while the replicas were stopped.
     lagging: usize,
     /// Confirms acknowledged to a buyer, in all.
@@ -42,12 +44,14 @@ impl std::fmt::Display for Loss {
         write!(
             f,
             "{} confirms acknowledged ({} while the replicas lagged), {} of them lost; \
-             {} acknowledged holds lost; reserves refused for {:.1} s from the kill",
+             {} acknowledged holds lost; reserves refused for {:.1} s from the kill; \
+             a confirm took {} µs on average before",
             self.confirmed,
             self.lagging,
             self.confirms_lost,
             self.holds_lost,
-            self.unavailable.as_secs_f64()
+            self.unavailable.as_secs_f64(),
+            self.confirm_mean_us
         )
     }
 }
@@ -78,6 +82,9 @@ async fn sale_through_a_failover(confirm_wait: bool) -> Loss {
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let holds_lost = Arc::new(AtomicU64::new(0));
     let reserves = Arc::new(AtomicU64::new(0));
+    // Confirms answered before the replicas were stopped, and their time in µs.
+    let timing = Arc::new(Mutex::new((0u64, 0u64)));
+    let healthy = Arc::new(AtomicBool::new(true));
     let errors = Arc::new(Mutex::new(Vec::new()));
     let buyers: Vec<_> = (0..BUYERS)
         .map(|b| {
@@ -85,6 +92,7 @@ async fn sale_through_a_failover(confirm_wait: bool) -> Loss {
                 (engine.clone(), sold_out.clone(), acknowledged.clone());
             let (holds_lost, reserves, errors) =
                 (holds_lost.clone(), reserves.clone(), errors.clone());
+            let (timing, healthy) = (timing.clone(), healthy.clone());
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !sold_out.load(Ordering::Acquire) {
@@ -96,7 +104,13 @@ async fn sale_through_a_failover(confirm_wait: bool) -> Loss {
                     match status {
                         StatusCode::CREATED => {
                             let id = body["reservation_id"].as_str().unwrap().to_owned();
+                            let started = Instant::now();
                             let (status, body) = retry(|| engine.confirm(&id)).await;
+                            if healthy.load(Ordering::Acquire) && status == StatusCode::OK {
+                                let mut timing = timing.lock();
+                                timing.0 += 1;
+                                timing.1 += started.elapsed().as_micros() as u64;
+                            }
                             match status {
                                 StatusCode::OK => acknowledged.lock().push(id),
                                 StatusCode::NOT_FOUND => {
@@ -135,6 +149,7 @@ async fn sale_through_a_failover(confirm_wait: bool) -> Loss {
         .map(|n| n.pid)
         .collect();
     assert_eq!(replicas.len(), 2, "the victim's replicas");
+    healthy.store(false, Ordering::Release);
     signal(&replicas, "-STOP");
     // The master goes on alone for a moment: what it takes now, its replicas never get.
     let lagging = acknowledged.lock().len();
@@ -198,7 +213,9 @@ async fn sale_through_a_failover(confirm_wait: bool) -> Loss {
             confirms_lost += 1;
         }
     }
+    let (timed, micros) = *timing.lock();
     Loss {
+        confirm_mean_us: micros / timed.max(1),
         lagging,
         confirmed: acknowledged.len(),
         confirms_lost,
