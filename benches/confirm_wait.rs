@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench confirm_wait`. Two stores on the same cluster and key prefix, one
 //! waiting for a replica after each confirm (`WAIT 1 100`), one not, confirm the holds of
-//! one SKU in alternating rounds of 500 with 32 confirms in flight, so that both see the
+//! one SKU in alternating rounds of 2,000 with 32 confirms in flight, so that both see the
 //! same machine. Printed per confirm: the wall time over a round, and this process's CPU
 //! (utime + stime from `/proc/self/stat`) over it.
 
@@ -17,7 +17,7 @@ use flashsale_testkit::{LocalCluster, LocalClusterOptions};
 use futures::stream::{self, StreamExt};
 
 const ROUNDS: usize = 6;
-const PER_ROUND: usize = 500;
+const PER_ROUND: usize = 2_000;
 const IN_FLIGHT: usize = 32;
 
 /// This process's CPU time so far, in µs (utime + stime, at 100 ticks a second).
