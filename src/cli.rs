@@ -4,12 +4,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 use crate::config::{AuditArgs, LedgerArgs, ReconcileArgs, RedisArgs, ServeConfig};
-use crate::demo::{self, DemoOptions};
 use crate::http::{shutdown_signal, unreachable_redis, Application};
 use crate::ledger::Ledger;
 use crate::reconcile::Reconciler;
@@ -34,32 +33,6 @@ pub enum Command {
     Reconcile(ReconcileArgs),
     /// Compare Redis with the ledger, report drift, and with --repair fix it.
     Audit(AuditArgs),
-    /// Run a demo sale against a private Redis and check that it ended right.
-    Demo(DemoArgs),
-}
-
-/// `demo`'s flags.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Units on sale.
-    #[arg(long, default_value_t = 500)]
-    pub stock: u64,
-    /// Shards the stock is split over (default: chosen from the stock).
-    #[arg(long, default_value_t = 8)]
-    pub shards: u16,
-    /// Buyers in the first wave.
-    #[arg(long, default_value_t = 5_000)]
-    pub users: u32,
-    /// Buyers in flight at once.
-    #[arg(long, default_value_t = 64)]
-    pub concurrency: usize,
-    /// Hold length in milliseconds.
-    #[arg(long, default_value_t = 1500)]
-    pub hold_ms: u64,
-    /// Use this Redis instead of starting a private one (the demo writes under a fresh
-    /// key prefix and deletes nothing).
-    #[arg(long, env = "FLASHSALE_DEMO_REDIS_URL")]
-    pub redis_url: Option<String>,
 }
 
 /// The store and the ledger the `reconcile` and `audit` commands work on.
@@ -127,19 +100,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if unrepaired {
                 return Ok(ExitCode::FAILURE);
             }
-        }
-        Command::Demo(args) => {
-            let report = demo::run(&DemoOptions {
-                stock: args.stock,
-                shards: Some(args.shards),
-                users: args.users,
-                concurrency: args.concurrency,
-                hold: Duration::from_millis(args.hold_ms),
-                redis_url: args.redis_url,
-            })
-            .await?;
-            println!("{report}");
-            anyhow::ensure!(report.violations.is_empty(), "the demo sale ended wrong");
         }
     }
     Ok(ExitCode::SUCCESS)

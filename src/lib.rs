@@ -28,14 +28,12 @@
 //! - [`maintenance`]: the background sweeper and move recovery.
 //! - [`local_redis`]: a private `redis-server` for the demo, tests and load runs.
 //! - [`local_postgres`]: a private PostgreSQL server (own cluster, loopback port) for tests.
-//! - [`demo`]: the sale the README's first command runs.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admission;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod events;
 pub mod gates;
 pub mod http;

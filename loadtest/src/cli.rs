@@ -4,11 +4,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::baseline::{serve_naive, serve_pg_hotrow};
 use crate::compare::{compare, CompareOptions};
+use crate::demo::{self, DemoOptions};
 use crate::sale::{run_sale, Setup};
 use crate::scenario::{Profile, Scenario};
 
@@ -28,6 +30,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Measure the engine beside its alternatives in one run and print the table.
     Compare(CompareArgs),
+    /// Run a demo sale on the store, without HTTP, against a private Redis, and check that
+    /// it ended right.
+    Demo(DemoArgs),
     /// Serve a baseline (used by `compare`; labelled as a baseline in every response).
     #[command(hide = true)]
     Baseline {
@@ -49,6 +54,30 @@ pub struct CompareArgs {
     /// Where compare.json goes.
     #[arg(long, default_value = "loadtest-out")]
     pub out: PathBuf,
+}
+
+/// `demo`'s flags.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Units on sale.
+    #[arg(long, default_value_t = 500)]
+    pub stock: u64,
+    /// Shards the stock is split over (default: chosen from the stock).
+    #[arg(long, default_value_t = 8)]
+    pub shards: u16,
+    /// Buyers in the first wave.
+    #[arg(long, default_value_t = 5_000)]
+    pub users: u32,
+    /// Buyers in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Hold length in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    pub hold_ms: u64,
+    /// Use this Redis instead of starting a private one (the demo writes under a fresh
+    /// key prefix and deletes nothing).
+    #[arg(long, env = "FLASHSALE_DEMO_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
 
 /// The baseline servers.
@@ -291,6 +320,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.out.join("compare.json"),
                 serde_json::to_vec_pretty(&comparison)?,
             )?;
+        }
+        Command::Demo(args) => {
+            let report = demo::run(&DemoOptions {
+                stock: args.stock,
+                shards: Some(args.shards),
+                users: args.users,
+                concurrency: args.concurrency,
+                hold: Duration::from_millis(args.hold_ms),
+                redis_url: args.redis_url,
+            })
+            .await?;
+            println!("{report}");
+            anyhow::ensure!(report.violations.is_empty(), "the demo sale ended wrong");
         }
         Command::Baseline { which } => {
             let stop = async {

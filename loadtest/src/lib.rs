@@ -14,6 +14,7 @@
 //! - [`cli`]: the command's flags; every scenario field is one.
 //! - [`spawn`], [`sale`]: `--spawn` (a private Redis and engine) and one whole sale.
 //! - [`compare`]: the engine beside its alternatives, in one run.
+//! - [`demo`]: a sale on the store directly, without HTTP (`flashsale-loadtest demo`).
 //! - [`baseline`]: the alternatives, labelled as such.
 
 pub mod baseline;
@@ -22,6 +23,7 @@ pub mod checks;
 pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod demo;
 pub mod html;
 pub mod report;
 pub mod run;

@@ -1,4 +1,5 @@
-//! The demo sale: a private Redis, one SKU, many buyers at once.
+//! The demo sale (`flashsale-loadtest demo`): a private Redis, one SKU, many buyers at
+//! once, on the store directly (no HTTP).
 //!
 //! Wave one: every buyer reserves concurrently (and sends the request a second time with
 //! the same idempotency key, as a client retrying after a timeout would); of those who get
@@ -14,10 +15,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::ids::{random_token, IdempotencyKey, Sku, UserId};
-use crate::local_redis::LocalRedis;
-use crate::maintenance;
-use crate::store::{HoldState, ReserveRequest, SkuSpec, Store, StoreError, StoreOptions, Totals};
+use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
+use flashsale::local_redis::LocalRedis;
+use flashsale::maintenance;
+use flashsale::store::{
+    HoldState, ReserveRequest, SkuSpec, Store, StoreError, StoreOptions, Totals,
+};
 
 /// What to run.
 #[derive(Debug, Clone)]
