@@ -3,10 +3,11 @@
 # for this run (on a free port, in a temporary directory), with a ledger of its own beside
 # it: both are gone when the server stops, so every try-out starts clean.
 # Admin token: $FLASHSALE_ADMIN_TOKEN, or "local-admin". Extra arguments go to
-# `flashsale serve` (see its --help). Stop with ctrl-c.
+# `flashsale serve` (see its --help). Stop with ctrl-c. Over a private Redis Cluster
+# instead: target/debug/flashsale-loadtest serve --cluster-masters 3 [--replicas 1] -- ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh sale
 scripts/build.sh
 export FLASHSALE_ADMIN_TOKEN="${FLASHSALE_ADMIN_TOKEN:-local-admin}"
-exec target/debug/flashsale serve --spawn-redis "$@"
+exec target/debug/flashsale-loadtest serve -- "$@"

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::time::Duration;
 
 use clap::Args;
@@ -56,8 +55,7 @@ impl RedisArgs {
         RedisTarget::parse(&self.redis_url, self.redis_cluster)
     }
 
-    /// The store's connection options, on `target` (which differs from the flags' when a
-    /// private Redis was started).
+    /// The store's connection options, on `target`.
     pub fn store_options(&self, target: RedisTarget) -> StoreOptions {
         StoreOptions {
             target,
@@ -71,15 +69,14 @@ impl RedisArgs {
     }
 }
 
-/// The ledger when no `--database-url` is given (and no private Redis was started).
+/// The ledger when no `--database-url` is given.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://var/flashsale.db";
 
 /// Where the ledger lives.
 #[derive(Debug, Clone, Args)]
 pub struct LedgerArgs {
     /// The SQL ledger: `sqlite://<file>` (created on first run) or `postgres://...`
-    /// [default: sqlite://var/flashsale.db; for `serve --spawn-redis`, a file beside that
-    /// private Redis, gone with it].
+    /// [default: sqlite://var/flashsale.db].
     #[arg(long, env = "FLASHSALE_DATABASE_URL")]
     pub database_url: Option<String>,
 }
@@ -102,12 +99,6 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub redis: RedisArgs,
-
-    /// Start a private redis-server on a free port for this run instead (a local try-out;
-    /// its data, and the ledger beside it unless --database-url is given, go with the
-    /// process).
-    #[arg(long, env = "FLASHSALE_SPAWN_REDIS")]
-    pub spawn_redis: bool,
 
     #[command(flatten)]
     pub ledger: LedgerArgs,
@@ -187,7 +178,6 @@ impl ServeConfig {
                 confirm_wait_replicas: 0,
                 confirm_wait_ms: 100,
             },
-            spawn_redis: false,
             ledger: LedgerArgs { database_url: None },
             no_ledger: true,
             no_reconcile: false,
@@ -204,13 +194,11 @@ impl ServeConfig {
         }
     }
 
-    /// The ledger's URL: the one given; none with `--no-ledger`; else a file in
-    /// `private_dir` (the directory of a private Redis started for this run), or
+    /// The ledger's URL: the one given; none with `--no-ledger`; else
     /// [`DEFAULT_DATABASE_URL`].
-    pub fn database_url(&self, private_dir: Option<&Path>) -> Option<String> {
-        match (&self.ledger.database_url, private_dir) {
-            (None, _) if self.no_ledger => None,
-            (None, Some(dir)) => Some(format!("sqlite://{}/ledger.db", dir.display())),
+    pub fn database_url(&self) -> Option<String> {
+        match &self.ledger.database_url {
+            None if self.no_ledger => None,
             _ => Some(self.ledger.url()),
         }
     }

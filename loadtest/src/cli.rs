@@ -7,12 +7,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use flashsale_testkit::LocalClusterOptions;
 
 use crate::baseline::{serve_naive, serve_pg_hotrow};
 use crate::compare::{compare, CompareOptions};
 use crate::demo::{self, DemoOptions};
 use crate::sale::{run_sale, Setup};
 use crate::scenario::{Profile, Scenario};
+use crate::serve::{serve, ServeOptions};
 
 /// Replays a flash sale against the flashsale API and checks that it ended right.
 #[derive(Debug, Parser)]
@@ -33,6 +35,10 @@ pub enum Command {
     /// Run a demo sale on the store, without HTTP, against a private Redis, and check that
     /// it ended right.
     Demo(DemoArgs),
+    /// Run `flashsale serve` over a private Redis (or Redis Cluster) that lives as long as
+    /// the engine, with a ledger beside it unless its arguments name one; SIGINT and SIGTERM
+    /// go to the engine.
+    Serve(ServeArgs),
     /// Serve a baseline (used by `compare`; labelled as a baseline in every response).
     #[command(hide = true)]
     Baseline {
@@ -78,6 +84,34 @@ pub struct DemoArgs {
     /// key prefix and deletes nothing).
     #[arg(long, env = "FLASHSALE_DEMO_REDIS_URL")]
     pub redis_url: Option<String>,
+}
+
+/// `serve`'s flags.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A Redis Cluster of this many masters (at least 3) instead of one Redis; the engine
+    /// gets every master as a seed and `--redis-cluster`.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(3..))]
+    pub cluster_masters: Option<u16>,
+    /// Replicas per master of that cluster.
+    #[arg(long, requires = "cluster_masters")]
+    pub replicas: Option<u16>,
+    /// Arguments for `flashsale serve` (see its --help), after `--`.
+    #[arg(last = true)]
+    pub engine_args: Vec<String>,
+}
+
+impl ServeArgs {
+    /// What to start.
+    pub fn options(&self) -> ServeOptions {
+        ServeOptions {
+            cluster: self.cluster_masters.map(|masters| LocalClusterOptions {
+                masters: masters.into(),
+                replicas: self.replicas.unwrap_or(0).into(),
+            }),
+            engine_args: self.engine_args.clone(),
+        }
+    }
 }
 
 /// The baseline servers.
@@ -334,6 +368,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{report}");
             anyhow::ensure!(report.violations.is_empty(), "the demo sale ended wrong");
         }
+        Command::Serve(args) => return serve(&args.options()).await,
         Command::Baseline { which } => {
             let stop = async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -475,5 +510,44 @@ mod tests {
         ]);
         assert!(stray.is_err(), "--engine-arg needs --spawn");
         assert!(run_args(&["--spawn", "--rate", "1", "--peak", "2"]).is_err());
+    }
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["flashsale-loadtest", "serve"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => Ok(args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn serve_takes_a_cluster_shape_and_passes_the_rest_to_the_engine() {
+        let single = serve_args(&["--", "--admin-token", "t", "--rate-sku", "0"]).unwrap();
+        assert_eq!(single.options().cluster, None);
+        assert_eq!(
+            single.options().engine_args,
+            ["--admin-token", "t", "--rate-sku", "0"]
+        );
+        let cluster = serve_args(&["--cluster-masters", "3", "--replicas", "1"]).unwrap();
+        assert_eq!(
+            cluster.options().cluster,
+            Some(LocalClusterOptions {
+                masters: 3,
+                replicas: 1
+            })
+        );
+        assert!(cluster.options().engine_args.is_empty());
+        let bare = serve_args(&["--cluster-masters", "4"]).unwrap();
+        assert_eq!(bare.options().cluster.map(|c| c.replicas), Some(0));
+        // A cluster needs three masters; replicas need a cluster; engine flags go after --.
+        for wrong in [
+            &["--cluster-masters", "2"][..],
+            &["--replicas", "1"],
+            &["--admin-token", "t"],
+        ] {
+            assert!(serve_args(wrong).is_err(), "{wrong:?} accepted");
+        }
     }
 }

@@ -13,6 +13,7 @@
 //!   self-contained `report.html`.
 //! - [`cli`]: the command's flags; every scenario field is one.
 //! - [`spawn`], [`sale`]: `--spawn` (a private Redis and engine) and one whole sale.
+//! - [`serve`]: the engine over a private Redis or Redis Cluster, in the foreground.
 //! - [`compare`]: the engine beside its alternatives, in one run.
 //! - [`demo`]: a sale on the store directly, without HTTP (`flashsale-loadtest demo`).
 //! - [`baseline`]: the alternatives, labelled as such.
@@ -29,5 +30,6 @@ pub mod report;
 pub mod run;
 pub mod sale;
 pub mod scenario;
+pub mod serve;
 pub mod spawn;
 pub mod stats;

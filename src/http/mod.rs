@@ -39,12 +39,10 @@ pub use skus::{SkuStatus, SkuView};
 use crate::admission::{Admission, Refusal};
 use crate::config::ServeConfig;
 use crate::ledger::Ledger;
-use crate::local_redis::LocalRedis;
 use crate::metrics::Metrics;
 use crate::recovery::identity;
 use crate::settlement::{self, SettlementOptions};
 use crate::store::Store;
-use crate::topology::RedisTarget;
 use crate::{gates, maintenance};
 
 /// How long start-up waits for the ledger when Redis has to be checked against it.
@@ -255,7 +253,7 @@ fn parse_time(field: &str, text: &str, earliest: u64) -> Result<u64, ApiError> {
 pub fn unreachable_redis(url: &dyn std::fmt::Display) -> String {
     format!(
         "cannot reach Redis at {url}: start one there, point --redis-url (or \
-         FLASHSALE_REDIS_URL) at one, or try `flashsale serve --spawn-redis` for a private \
+         FLASHSALE_REDIS_URL) at one, or try `flashsale-loadtest serve` for a private \
          Redis that lives as long as the engine"
     )
 }
@@ -269,22 +267,14 @@ pub struct Application {
     stop: watch::Sender<bool>,
     settlement: Option<JoinHandle<()>>,
     state: AppState,
-    /// The private Redis of `--spawn-redis`, stopped with the application.
-    _redis: Option<LocalRedis>,
 }
 
 impl Application {
-    /// Connects to Redis (or starts a private one), learns the loaded SKUs, binds the
-    /// listener and starts the background tasks (sweeper, move recovery, sold-out refresh).
+    /// Connects to Redis, learns the loaded SKUs, binds the listener and starts the
+    /// background tasks (sweeper, move recovery, sold-out refresh).
     pub async fn build(config: &ServeConfig) -> anyhow::Result<Self> {
-        let (redis, target) = if config.spawn_redis {
-            let redis = LocalRedis::start()?;
-            let target = RedisTarget::from(redis.url());
-            (Some(redis), target)
-        } else {
-            (None, config.redis.target()?)
-        };
-        let database_url = config.database_url(redis.as_ref().map(LocalRedis::dir));
+        let target = config.redis.target()?;
+        let database_url = config.database_url();
         let store = Store::connect(&config.redis.store_options(target.clone()))
             .await
             .with_context(|| unreachable_redis(&target))?;
@@ -344,7 +334,6 @@ impl Application {
             stop,
             settlement,
             state,
-            _redis: redis,
         })
     }
 
