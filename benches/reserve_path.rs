@@ -20,8 +20,8 @@ use criterion::{BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput};
 use flashsale::admission::Admission;
 use flashsale::config::ServeConfig;
 use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
-use flashsale::local_redis::LocalRedis;
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
+use flashsale_testkit::LocalRedis;
 use tokio::runtime::Runtime;
 
 /// Units loaded per SKU: more than any run can reserve, so no reserve ever meets a

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
-use flashsale::local_redis::LocalRedis;
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
+use flashsale_testkit::LocalRedis;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
 use flashsale::ledger::{Ledger, LedgerRepo};
-use flashsale::local_postgres::LocalPostgres;
-use flashsale::local_redis::LocalRedis;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
+use flashsale_testkit::{LocalPostgres, LocalRedis};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

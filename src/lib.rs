@@ -26,8 +26,6 @@
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
 //! - [`topology`]: one Redis or a Redis Cluster, and the connection over either.
 //! - [`maintenance`]: the background sweeper and move recovery.
-//! - [`local_redis`]: a private `redis-server` for the demo, tests and load runs.
-//! - [`local_postgres`]: a private PostgreSQL server (own cluster, loopback port) for tests.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
@@ -40,8 +38,6 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod ledger;
-pub mod local_postgres;
-pub mod local_redis;
 pub mod maintenance;
 pub mod metrics;
 pub mod reconcile;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use flashsale::config::ServeConfig;
 use flashsale::http::Application;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use serde_json::json;
 use tokio::sync::oneshot;
 

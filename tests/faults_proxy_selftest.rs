@@ -10,7 +10,7 @@ mod proxy;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use proxy::FaultProxy;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;

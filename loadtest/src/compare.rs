@@ -11,14 +11,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::local_postgres::LocalPostgres;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::{free_port, LocalPostgres, LocalRedis};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::client::{put_json, Call, Target};
 use crate::run::{offer, saturate};
-use crate::spawn::{free_port, wait_healthy, Spawned};
+use crate::spawn::{wait_healthy, Spawned};
 use crate::stats::{Percentiles, Recorder};
 
 /// How long and how hard to measure.

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
-use flashsale::local_redis::LocalRedis;
 use flashsale::maintenance;
 use flashsale::store::{
     HoldState, ReserveRequest, SkuSpec, Store, StoreError, StoreOptions, Totals,
 };
+use flashsale_testkit::LocalRedis;
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -8,8 +8,7 @@ use std::process::{ExitCode, ExitStatus};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
-use flashsale::local_redis::LocalRedis;
-use flashsale_testkit::{LocalCluster, LocalClusterOptions};
+use flashsale_testkit::{LocalCluster, LocalClusterOptions, LocalRedis};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::spawn::engine_binary;

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flashsale::ids::random_token;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::{free_port, LocalRedis};
 
 use crate::client::{Call, Connection, Target};
 
@@ -40,13 +40,6 @@ pub fn engine_binary() -> anyhow::Result<PathBuf> {
             )
         })?;
     Ok(path)
-}
-
-/// A free loopback port.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Waits until `target` answers `GET /healthz`.

@@ -4,9 +4,8 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use flashsale::local_postgres::LocalPostgres;
-use flashsale::local_redis::LocalRedis;
 use flashsale_loadtest::baseline::{serve_naive, serve_pg_hotrow, PG_HOTROW_DEFAULT_POOL_SIZE};
+use flashsale_testkit::{LocalPostgres, LocalRedis};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;

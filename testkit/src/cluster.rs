@@ -352,7 +352,7 @@ impl LocalCluster {
     }
 
     /// Runs one command given as words on the node on `port` and returns the raw reply as
-    /// `LocalRedis::command` does: a bulk string's contents,
+    /// [`LocalRedis::command`](crate::LocalRedis::command) does: a bulk string's contents,
     /// else the first line (`+OK`, `-MOVED 866 127.0.0.1:7001`, `:1`, `*3`). No redirection
     /// is followed.
     pub fn command(&self, port: u16, words: &[&str]) -> io::Result<String> {

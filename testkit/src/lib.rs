@@ -2,11 +2,16 @@
 //! against, each on free loopback ports in temporary directories of its own, stopped and
 //! removed when its handle drops. Never a server someone else started.
 //!
+//! - [`LocalRedis`]: one `redis-server`, optionally with an append-only file, that can be
+//!   killed and restarted in place.
 //! - [`LocalCluster`]: a Redis Cluster of `redis-server --cluster-enabled yes` nodes,
 //!   joined by `redis-cli --cluster create`, with failover and slot moves on demand.
+//! - [`LocalPostgres`]: a PostgreSQL cluster of its own (`initdb`, `pg_ctl`).
 //! - [`free_port`]: a loopback port nobody listens on.
 
 mod cluster;
+mod postgres;
+mod redis;
 mod resp;
 
 use std::io;
@@ -14,6 +19,8 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 
 pub use cluster::{ClusterNode, LocalCluster, LocalClusterOptions, Role, SLOTS};
+pub use postgres::LocalPostgres;
+pub use redis::{Fsync, LocalRedis, LocalRedisOptions};
 
 /// A loopback port that was free a moment ago: bound and released, so that a server can
 /// bind it. Someone else may take it in between; callers retry with another.

@@ -1,5 +1,5 @@
 //! Tests of the reservation core against real `redis-server` processes, each test starting
-//! its own on a free port (see `flashsale::local_redis`).
+//! its own on a free port (see `flashsale_testkit::LocalRedis`).
 
 mod concurrency;
 mod expiry;

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale::local_redis::{Fsync, LocalRedisOptions};
 use flashsale::store::{HoldState, StoreError};
+use flashsale_testkit::{Fsync, LocalRedisOptions};
 use parking_lot::Mutex;
 
 use crate::support::*;

@@ -11,10 +11,9 @@ use std::time::Duration;
 use flashsale::events::{Entry, Event};
 
 use flashsale::ids::{random_token, IdempotencyKey, ReservationId, Sku, UserId};
-use flashsale::local_redis::{LocalRedis, LocalRedisOptions};
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
 use flashsale::topology::RedisTarget;
-use flashsale_testkit::{LocalCluster, LocalClusterOptions};
+use flashsale_testkit::{LocalCluster, LocalClusterOptions, LocalRedis, LocalRedisOptions};
 
 /// The servers of one test: a single Redis or a cluster.
 pub enum Servers {

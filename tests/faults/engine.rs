@@ -35,11 +35,7 @@ impl Engine {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = flashsale_testkit::free_port().unwrap();
         let mut engine = Self {
             port,
             redis_url: redis_url.to_owned(),

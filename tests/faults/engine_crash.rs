@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::ids::random_token;
-use flashsale::local_redis::{Fsync, LocalRedis, LocalRedisOptions};
+use flashsale_testkit::{Fsync, LocalRedis, LocalRedisOptions};
 use serde_json::json;
 
 use crate::engine::Engine;

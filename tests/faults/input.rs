@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use flashsale::ids::random_token;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::ids::random_token;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use serde_json::json;
 
 use crate::engine::Engine;

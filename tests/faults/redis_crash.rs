@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use flashsale::ids::random_token;
 use flashsale::ledger::{Ledger, LedgerRepo};
-use flashsale::local_redis::{Fsync, LocalRedis, LocalRedisOptions};
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::recovery::audit;
 use flashsale::store::{Store, StoreOptions};
+use flashsale_testkit::{Fsync, LocalRedis, LocalRedisOptions};
 use serde_json::json;
 
 use crate::engine::Engine;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flashsale::ids::random_token;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -3,18 +3,14 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use reqwest::StatusCode;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_then_exits() {
     let redis = LocalRedis::start().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = flashsale_testkit::free_port().unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_flashsale"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args([

@@ -4,11 +4,7 @@
 use std::process::Command;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    flashsale_testkit::free_port().unwrap()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use flashsale::config::ServeConfig;
 use flashsale::http::Application;
 use flashsale::ids::random_token;
-use flashsale::local_redis::LocalRedis;
+use flashsale_testkit::LocalRedis;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use flashsale::events::Entry;
 use flashsale::ids::random_token;
 use flashsale::ledger::{Ledger, LedgerRepo};
-use flashsale::local_redis::LocalRedis;
 use flashsale::recovery::audit::{self, DriftKind};
 use flashsale::store::{SkuSpec, Store, StoreOptions};
+use flashsale_testkit::LocalRedis;
 use reqwest::StatusCode;
 use serde_json::json;
 

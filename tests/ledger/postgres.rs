@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flashsale::local_postgres::LocalPostgres;
 use flashsale::recovery::audit;
+use flashsale_testkit::LocalPostgres;
 use reqwest::StatusCode;
 use serde_json::json;
 

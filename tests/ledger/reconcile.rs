@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use flashsale::ids::random_token;
 use flashsale::ledger::{Ledger, LedgerRepo};
-use flashsale::local_redis::LocalRedis;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::recovery::audit;
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions};
+use flashsale_testkit::LocalRedis;
 
 pub async fn sqlite_ledger(dir: &tempfile::TempDir) -> (String, Ledger) {
     let url = format!("sqlite://{}/ledger.db", dir.path().display());

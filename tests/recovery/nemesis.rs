@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 
 use flashsale::ids::{random_token, IdempotencyKey, OpId, ReservationId, Sku, UserId};
 use flashsale::ledger::{Ledger, LedgerRepo, LedgerReservation};
-use flashsale::local_redis::{Fsync, LocalRedis, LocalRedisOptions};
 use flashsale::maintenance;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::recovery::audit;
 use flashsale::store::{
     HoldState, Reservation, ReserveRequest, SkuSpec, Store, StoreError, StoreOptions,
 };
+use flashsale_testkit::{Fsync, LocalRedis, LocalRedisOptions};
 use futures::stream::{self, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

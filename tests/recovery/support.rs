@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use flashsale::ids::{random_token, IdempotencyKey, Sku, UserId};
 use flashsale::ledger::{Ledger, LedgerFigures, LedgerRepo};
-use flashsale::local_redis::LocalRedis;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::recovery::audit::{self, AuditReport};
 use flashsale::scripts::{ScriptCode, Scripts};
 use flashsale::store::{ReserveRequest, SkuSpec, Store, StoreOptions, Totals};
+use flashsale_testkit::LocalRedis;
 
 /// Long enough that no hold of a test expires while it runs: expiries are not under test.
 pub const HOLD: Duration = Duration::from_secs(600);

@@ -3,11 +3,13 @@
 //!
 //! The server is killed when the handle drops.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{free_port, redis_server_binary, resp};
 
 /// How the append-only file is synced, when it is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,17 +34,6 @@ pub struct LocalRedis {
     port: u16,
     dir: tempfile::TempDir,
     options: LocalRedisOptions,
-}
-
-/// The `redis-server` binary: `$FLASHSALE_REDIS_SERVER`, or the one on `PATH`.
-fn server_binary() -> PathBuf {
-    std::env::var_os("FLASHSALE_REDIS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("redis-server"))
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl LocalRedis {
@@ -76,7 +67,7 @@ impl LocalRedis {
 
     fn spawn(&mut self) -> io::Result<()> {
         let dir = self.dir.path();
-        let mut command = Command::new(server_binary());
+        let mut command = Command::new(redis_server_binary());
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -206,29 +197,11 @@ impl LocalRedis {
         (field("usec="), field("calls="))
     }
 
-    /// Runs one command given as words and returns the raw reply (for tests and reports).
+    /// Runs one command given as words and returns the raw reply (for tests and reports):
+    /// a bulk string's contents (empty for nil), else the reply's first line (`+OK`,
+    /// `-ERR ...`, `:1`, `*3`).
     pub fn command(&self, words: &[&str]) -> io::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = format!("*{}\r\n", words.len());
-        for word in words {
-            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
-        }
-        stream.write_all(request.as_bytes())?;
-        let mut reader = BufReader::new(stream);
-        let mut first = String::new();
-        reader.read_line(&mut first)?;
-        if let Some(len) = first.strip_prefix('$') {
-            let len: i64 = len.trim().parse().map_err(io::Error::other)?;
-            if len < 0 {
-                return Ok(String::new());
-            }
-            let mut body = vec![0; len as usize + 2];
-            reader.read_exact(&mut body)?;
-            body.truncate(len as usize);
-            return String::from_utf8(body).map_err(io::Error::other);
-        }
-        Ok(first.trim_end().to_owned())
+        resp::command(self.port, words)
     }
 }
 

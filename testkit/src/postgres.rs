@@ -6,10 +6,12 @@
 //! The server is stopped when the handle drops, and the directory removed.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 /// Where Debian's `postgresql` package installs each major version: `<root>/<version>/bin`.
 const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
@@ -102,10 +104,6 @@ fn runuser() -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("runuser"))
-}
-
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Whether something accepts TCP connections on `127.0.0.1:port`.

@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use flashsale::local_postgres::LocalPostgres;
+use flashsale_testkit::LocalPostgres;
 
 fn accepts(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
