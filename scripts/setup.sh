@@ -3,7 +3,8 @@
 # machine lacks; does nothing when everything is there.
 #
 #   scripts/setup.sh sale    redis-server (scripts/sale.sh, serve.sh, demo.sh)
-#   scripts/setup.sh test    that, plus libfaketime, PostgreSQL and Python's venv (scripts/test.sh)
+#   scripts/setup.sh test    that, plus redis-cli, libfaketime, PostgreSQL and Python's venv
+#                            (scripts/test.sh)
 #   scripts/setup.sh lint    shellcheck (.ci/run)
 #
 # Works as root or through sudo, with or without /usr/sbin/policy-rc.d. Installing never
