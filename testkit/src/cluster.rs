@@ -351,13 +351,23 @@ impl LocalCluster {
         ))
     }
 
-    /// Runs one command given as words on the node on `port` and returns the raw reply as
-    /// [`LocalRedis::command`](crate::LocalRedis::command) does: a bulk string's contents,
-    /// else the first line (`+OK`, `-MOVED 866 127.0.0.1:7001`, `:1`, `*3`). No redirection
-    /// is followed.
+    /// Runs one command given as words on the node on `port`, on a connection of its own,
+    /// and returns the raw reply as [`LocalRedis::command`](crate::LocalRedis::command)
+    /// does: a bulk string's contents, else the first line (`+OK`, `-MOVED 866
+    /// 127.0.0.1:7001`, `:1`, `*3`). No redirection is followed.
     pub fn command(&self, port: u16, words: &[&str]) -> io::Result<String> {
         self.process(port)?;
         resp::command(port, words)
+    }
+
+    /// Runs `commands` in order on one connection to the node on `port`, and returns their
+    /// replies as [`Self::command`] does: for what depends on the connection, such as
+    /// `SET` then `WAIT 1 <ms>` (which counts the replicas that have this connection's
+    /// writes: on a connection of its own it waits for nothing), `READONLY` before reading
+    /// a replica, or `ASKING` before a command on a slot being imported.
+    pub fn commands(&self, port: u16, commands: &[&[&str]]) -> io::Result<Vec<String>> {
+        self.process(port)?;
+        resp::commands(port, commands)
     }
 
     /// Kills the node on `port` with SIGKILL, as a crash would, and waits for it to be

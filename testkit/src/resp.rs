@@ -68,22 +68,47 @@ pub(crate) fn unexpected(reply: &Reply) -> io::Error {
 /// Sends `args` as one command to `127.0.0.1:port` on a connection of its own and reads the
 /// whole reply.
 pub(crate) fn call(port: u16, args: &[&[u8]]) -> io::Result<Reply> {
+    let mut replies = call_all(port, &[args])?;
+    replies.pop().ok_or_else(|| io::Error::other("no reply"))
+}
+
+/// Sends `commands` in order on one connection of their own and reads every reply: what
+/// needs the connection's state (`WAIT` counts the replicas that have this connection's
+/// writes; `ASKING`, `READONLY` and `MULTI` apply to the next commands on it).
+pub(crate) fn call_all(port: u16, commands: &[&[&[u8]]]) -> io::Result<Vec<Reply>> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg);
-        request.extend_from_slice(b"\r\n");
+    let mut request = Vec::new();
+    for args in commands {
+        request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in *args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
     }
     stream.write_all(&request)?;
-    read_reply(&mut BufReader::new(stream))
+    let mut reader = BufReader::new(stream);
+    commands.iter().map(|_| read_reply(&mut reader)).collect()
 }
 
 /// [`call`] with words, the reply shown as [`Reply::into_text`] does.
 pub(crate) fn command(port: u16, words: &[&str]) -> io::Result<String> {
-    let args: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
-    call(port, &args)?.into_text()
+    let mut replies = commands(port, &[words])?;
+    replies.pop().ok_or_else(|| io::Error::other("no reply"))
+}
+
+/// [`call_all`] with words, each reply shown as [`Reply::into_text`] does.
+pub(crate) fn commands(port: u16, commands: &[&[&str]]) -> io::Result<Vec<String>> {
+    let args: Vec<Vec<&[u8]>> = commands
+        .iter()
+        .map(|words| words.iter().map(|w| w.as_bytes()).collect())
+        .collect();
+    let args: Vec<&[&[u8]]> = args.iter().map(Vec::as_slice).collect();
+    call_all(port, &args)?
+        .into_iter()
+        .map(Reply::into_text)
+        .collect()
 }
 
 fn read_reply(reader: &mut impl BufRead) -> io::Result<Reply> {

@@ -210,14 +210,13 @@ fn a_killed_master_fails_over_to_its_replica() {
 
     let key = "fs:{phone-x:1}";
     let old = cluster.master_of(key).unwrap();
+    // Acknowledged by the replica before the crash (WAIT on the writing connection), so the
+    // promoted replica has it.
     assert_eq!(
-        cluster.command(old.port, &["SET", key, "42"]).unwrap(),
-        "+OK"
-    );
-    // Acknowledged by the replica before the crash, so the promoted replica has it.
-    assert_eq!(
-        cluster.command(old.port, &["WAIT", "1", "5000"]).unwrap(),
-        ":1"
+        cluster
+            .commands(old.port, &[&["SET", key, "42"], &["WAIT", "1", "5000"]])
+            .unwrap(),
+        ["+OK", ":1"]
     );
     let replica = nodes
         .iter()
@@ -228,6 +227,17 @@ fn a_killed_master_fails_over_to_its_replica() {
                 })
         })
         .unwrap();
+    // A replica serves reads on a connection that asked for it, and redirects the others.
+    assert_eq!(
+        cluster
+            .commands(replica.port, &[&["READONLY"], &["GET", key]])
+            .unwrap(),
+        ["+OK", "42"]
+    );
+    assert!(cluster
+        .command(replica.port, &["GET", key])
+        .unwrap()
+        .starts_with("-MOVED"));
 
     cluster.kill(old.port).unwrap();
     assert!(!alive(old.pid), "killed master still running");
