@@ -37,19 +37,37 @@ fn accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
-/// `flashsale-loadtest serve -- <engine args>` in `dir`, its output read line by line.
+/// The ports of the private Redis (or the cluster's masters) in the line the command prints
+/// first: `redis: <url>` or `redis cluster: <url> <url> ...`.
+fn redis_ports(line: &str) -> Vec<u16> {
+    let urls = line
+        .strip_prefix("redis: ")
+        .or_else(|| line.strip_prefix("redis cluster: "))
+        .unwrap_or_else(|| panic!("first line: {line:?}"));
+    urls.split(' ')
+        .map(|url| {
+            url.strip_prefix("redis://127.0.0.1:")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("first line: {line:?}"))
+        })
+        .collect()
+}
+
+/// `flashsale-loadtest serve [<args>] -- <engine args>` in `dir`, its output read line by
+/// line.
 struct TryOut {
     child: Child,
     lines: mpsc::Receiver<String>,
     target: Target,
-    /// The private Redis's port, from the line the command prints.
-    redis_port: u16,
+    /// The private Redis's port (the masters' for a cluster), from the line it prints.
+    redis_ports: Vec<u16>,
 }
 
 impl TryOut {
-    fn spawn(dir: &Path, engine_args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    fn spawn(dir: &Path, args: &[&str], engine_args: &[&str]) -> (Child, mpsc::Receiver<String>) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-loadtest"))
             .arg("serve")
+            .args(args)
             .arg("--")
             .args(engine_args)
             .current_dir(dir)
@@ -72,15 +90,12 @@ impl TryOut {
         (child, lines)
     }
 
-    async fn start(dir: &Path) -> Self {
+    async fn start(dir: &Path, args: &[&str]) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let (child, lines) = Self::spawn(dir, &["--admin-token", "t", "--listen", &listen]);
+        let (child, lines) = Self::spawn(dir, args, &["--admin-token", "t", "--listen", &listen]);
         let redis = lines.recv_timeout(Duration::from_secs(30)).unwrap();
-        let redis_port = redis
-            .strip_prefix("redis: redis://127.0.0.1:")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("first line: {redis:?}"));
+        let redis_ports = redis_ports(&redis);
         let ledger = lines.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
             ledger.starts_with("ledger: sqlite://") && ledger.ends_with("/ledger.db"),
@@ -108,7 +123,7 @@ impl TryOut {
             child,
             lines,
             target,
-            redis_port,
+            redis_ports,
         }
     }
 
@@ -148,14 +163,17 @@ impl TryOut {
             said.iter().any(|l| l.starts_with("flashsale listening on")),
             "{said:?}"
         );
-        assert!(!accepts(self.redis_port), "its Redis outlived it");
+        for port in self.redis_ports {
+            assert!(!accepts(port), "its Redis on {port} outlived it");
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn try_outs_start_clean_with_a_ledger_of_their_own_and_stop_on_a_signal() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TryOut::start(dir.path()).await;
+    let first = TryOut::start(dir.path(), &[]).await;
+    assert_eq!(first.redis_ports.len(), 1);
     assert_eq!(first.put_phone().await, 201);
     let mut conn = Connection::open(&first.target).await.unwrap();
     let held = conn
@@ -184,7 +202,7 @@ async fn try_outs_start_clean_with_a_ledger_of_their_own_and_stop_on_a_signal() 
     first.stop("-TERM").await;
 
     // A second try-out knows nothing of the first: the README's first PUT creates the SKU.
-    let second = TryOut::start(dir.path()).await;
+    let second = TryOut::start(dir.path(), &[]).await;
     assert_eq!(second.put_phone().await, 201);
     assert_eq!(second.sku().await["held"], 0);
     // ctrl-c as a terminal sends it.
@@ -196,19 +214,70 @@ async fn try_outs_start_clean_with_a_ledger_of_their_own_and_stop_on_a_signal() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_try_out_sells_over_its_private_cluster_and_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TryOut::start(dir.path(), &["--cluster-masters", "3"]).await;
+    assert_eq!(cluster.redis_ports.len(), 3, "every master is a seed");
+    // Every master is a cluster node of the engine's.
+    for &port in &cluster.redis_ports {
+        let mut node = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut node, b"CLUSTER INFO\r\n").unwrap();
+        let mut reply = [0u8; 64];
+        let read = std::io::Read::read(&mut node, &mut reply).unwrap();
+        let reply = String::from_utf8_lossy(&reply[..read]);
+        assert!(reply.contains("cluster_state:ok"), "{port}: {reply}");
+    }
+    assert_eq!(
+        put_json(
+            &cluster.target,
+            "/v1/skus/phone-x",
+            "t",
+            &json!({ "stock": 8, "shards": 4 })
+        )
+        .await
+        .unwrap(),
+        201
+    );
+    let mut conn = Connection::open(&cluster.target).await.unwrap();
+    for n in 0..4 {
+        let held = conn
+            .send(&Call::Reserve {
+                sku: "phone-x".into(),
+                user: format!("buyer-{n}"),
+                quantity: 1,
+                key: format!("order-{n}"),
+            })
+            .await
+            .unwrap();
+        assert_eq!(held.status, 201, "{held:?}");
+    }
+    let started = Instant::now();
+    loop {
+        let view = cluster.sku().await;
+        if view["held"] == 4 && view["settled"]["held"] == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never settled: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop("-TERM").await;
+}
+
 #[test]
 fn the_engines_own_exit_is_passed_on_and_its_redis_stopped() {
     let dir = tempfile::tempdir().unwrap();
     // Not an argument of flashsale serve: the engine refuses it (a usage error, 2).
-    let (mut child, lines) = TryOut::spawn(dir.path(), &["--no-such-flag"]);
+    let (mut child, lines) = TryOut::spawn(dir.path(), &[], &["--no-such-flag"]);
     let status = wait_exit(&mut child);
     assert_eq!(status.code(), Some(2), "{status}");
     let said: Vec<String> = lines.iter().collect();
-    let redis_port: u16 = said[0]
-        .strip_prefix("redis: redis://127.0.0.1:")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("{said:?}"));
-    assert!(!accepts(redis_port), "its Redis outlived the engine");
+    for port in redis_ports(&said[0]) {
+        assert!(!accepts(port), "its Redis on {port} outlived the engine");
+    }
 }
 
 #[test]
