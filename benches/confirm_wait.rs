@@ -95,7 +95,12 @@ fn main() {
                         quantity: 1,
                         key: IdempotencyKey::new(format!("k{n}")).unwrap(),
                     };
-                    plain.reserve(&request).await.expect("reserve").reservation.id
+                    plain
+                        .reserve(&request)
+                        .await
+                        .expect("reserve")
+                        .reservation
+                        .id
                 }
             })
             .buffer_unordered(IN_FLIGHT)
@@ -122,6 +127,9 @@ fn main() {
             wall_on / wall_off,
             cpu_on / cpu_off
         );
-        println!("  short of replicas: {}", waiting.confirms_short_of_replicas());
+        println!(
+            "  short of replicas: {}",
+            waiting.confirms_short_of_replicas()
+        );
     });
 }

@@ -96,8 +96,9 @@ pub struct ServeArgs {
     /// Replicas per master of that cluster.
     #[arg(long, requires = "cluster_masters")]
     pub replicas: Option<u16>,
-    /// Arguments for `flashsale serve` (see its --help), after `--`.
-    #[arg(last = true)]
+    /// Arguments for `flashsale serve` (see its --help): everything from the first
+    /// argument that is not one of the above, or after `--`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub engine_args: Vec<String>,
 }
 
@@ -541,12 +542,30 @@ mod tests {
         assert!(cluster.options().engine_args.is_empty());
         let bare = serve_args(&["--cluster-masters", "4"]).unwrap();
         assert_eq!(bare.options().cluster.map(|c| c.replicas), Some(0));
-        // A cluster needs three masters; replicas need a cluster; engine flags go after --.
-        for wrong in [
-            &["--cluster-masters", "2"][..],
-            &["--replicas", "1"],
-            &["--admin-token", "t"],
+        // The engine's flags may come without `--` (as scripts/serve.sh passes them), after
+        // the command's own; from the first of them on, everything is the engine's.
+        let plain = serve_args(&["--admin-token", "t", "--listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(plain.options().cluster, None);
+        assert_eq!(
+            plain.options().engine_args,
+            ["--admin-token", "t", "--listen", "127.0.0.1:0"]
+        );
+        for args in [
+            &["--cluster-masters", "3", "--admin-token", "t"][..],
+            &["--cluster-masters", "3", "--", "--admin-token", "t"],
         ] {
+            let mixed = serve_args(args).unwrap();
+            assert_eq!(mixed.options().cluster.map(|c| c.masters), Some(3));
+            assert_eq!(mixed.options().engine_args, ["--admin-token", "t"]);
+        }
+        let late = serve_args(&["--admin-token", "t", "--cluster-masters", "3"]).unwrap();
+        assert_eq!(
+            late.options().cluster,
+            None,
+            "the engine's, after its flags"
+        );
+        // A cluster needs three masters; replicas need a cluster.
+        for wrong in [&["--cluster-masters", "2"][..], &["--replicas", "1"]] {
             assert!(serve_args(wrong).is_err(), "{wrong:?} accepted");
         }
     }

@@ -53,7 +53,7 @@ fn redis_ports(line: &str) -> Vec<u16> {
         .collect()
 }
 
-/// `flashsale-loadtest serve [<args>] -- <engine args>` in `dir`, its output read line by
+/// `flashsale-loadtest serve [<args> --] <engine args>` in `dir`, its output read line by
 /// line.
 struct TryOut {
     child: Child,
@@ -68,7 +68,8 @@ impl TryOut {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flashsale-loadtest"))
             .arg("serve")
             .args(args)
-            .arg("--")
+            // Without its own arguments, as scripts/serve.sh passes them: no `--`.
+            .args((!args.is_empty()).then_some("--"))
             .args(engine_args)
             .current_dir(dir)
             .env_remove("FLASHSALE_DATABASE_URL")
