@@ -29,7 +29,7 @@ use crate::events::Entry;
 use crate::ledger::{Applied, Ledger, LedgerError, LedgerRepo};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::topology::RedisConnection;
+use crate::topology::Resending;
 
 /// The consumer group every reconciler joins.
 pub const GROUP: &str = "ledger";
@@ -125,9 +125,9 @@ impl Backlog {
 #[derive(Clone)]
 struct Links {
     /// Blocking reads (single Redis): nothing else waits behind them.
-    reader: RedisConnection,
+    reader: Resending,
     /// Everything else: group creation, claims, acknowledgements, trims, backlog reads.
-    commands: RedisConnection,
+    commands: Resending,
 }
 
 /// A reconciler: a stream reader and a ledger writer.
@@ -220,13 +220,16 @@ impl Reconciler {
                         .connect(self.options.block + Duration::from_secs(5))
                         .await?
                 };
-                Ok::<_, RedisError>(Links { reader, commands })
+                Ok::<_, RedisError>(Links {
+                    reader: Resending(reader),
+                    commands: Resending(commands),
+                })
             })
             .await?;
         Ok(links.clone())
     }
 
-    async fn commands(&self) -> Result<RedisConnection, ReconcileError> {
+    async fn commands(&self) -> Result<Resending, ReconcileError> {
         Ok(self.links().await?.commands)
     }
 
@@ -359,7 +362,7 @@ impl Reconciler {
         from: &str,
     ) -> Result<Vec<(String, StreamId)>, ReconcileError> {
         let links = self.links().await?;
-        if !links.reader.is_cluster() {
+        if !links.reader.0.is_cluster() {
             let mut reader = links.reader;
             let command = self.read_command(streams, block, from);
             let reply: Option<StreamReadReply> = command.query_async(&mut reader).await?;

@@ -231,6 +231,44 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
+/// A connection that sends a command again, once, when the connection was lost under it:
+/// for callers every one of whose commands may be sent twice (the reconciler's reads,
+/// acknowledgements, claims and trims). A connection manager reconnects after a drop, but
+/// the call that met the drop fails; this one then goes to the new connection.
+#[derive(Clone)]
+pub struct Resending(pub RedisConnection);
+
+impl ConnectionLike for Resending {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            match self.0.req_packed_command(cmd).await {
+                Err(error) if connection_lost(&error) => self.0.req_packed_command(cmd).await,
+                other => other,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            match self.0.req_packed_commands(pipeline, offset, count).await {
+                Err(error) if connection_lost(&error) => {
+                    self.0.req_packed_commands(pipeline, offset, count).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
 /// The hash slot of `key`, as Redis Cluster computes it: CRC16 (XMODEM) of the hash tag,
 /// the part between the first `{` and the next `}` when that part is not empty, or else of
 /// the whole key, modulo 16384.

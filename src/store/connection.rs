@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use redis::aio::ConnectionLike;
-use redis::{Arg, Cmd, Pipeline, RedisFuture, Value};
+use redis::{Arg, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::topology::{connection_lost, RedisConnection};
 
@@ -33,6 +33,35 @@ fn is_script(cmd: &Cmd) -> bool {
             name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL")
         }
         _ => false,
+    }
+}
+
+impl StoreConnection {
+    fn flag(&self, result: &RedisResult<impl Sized>) {
+        if let Err(error) = result {
+            if connection_lost(error) {
+                self.suspect.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// [`RedisConnection::on_node_of`], a drop raising the suspect flag. Not sent again:
+    /// what it is for (`WAIT` for this connection's writes) means nothing on a new one.
+    pub async fn on_node_of(&mut self, key: &str, cmd: &Cmd) -> RedisResult<Value> {
+        let result = self.conn.on_node_of(key, cmd).await;
+        self.flag(&result);
+        result
+    }
+
+    /// [`RedisConnection::on_every_master`], a drop raising the suspect flag and the read
+    /// sent again once.
+    pub async fn on_every_master(&mut self, cmd: &Cmd) -> RedisResult<Vec<(String, Value)>> {
+        let result = self.conn.on_every_master(cmd).await;
+        self.flag(&result);
+        match result {
+            Err(error) if connection_lost(&error) => self.conn.on_every_master(cmd).await,
+            other => other,
+        }
     }
 }
 

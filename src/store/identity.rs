@@ -11,7 +11,7 @@ impl Store {
     pub async fn redis_identity(&self) -> Result<(String, Option<String>), StoreError> {
         let mut info = redis::cmd("INFO");
         info.arg("server");
-        let answers = self.connection().conn.on_every_master(&info).await?;
+        let answers = self.connection().on_every_master(&info).await?;
         let mut run_ids = answers
             .into_iter()
             .map(|(node, answer)| {

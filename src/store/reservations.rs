@@ -190,7 +190,7 @@ impl Store {
             .arg(wait.replicas)
             .arg(wait.timeout.as_millis() as u64);
         let key = self.shard_keys(id.sku(), id.shard()).hash;
-        let acked: u32 = parse(self.connection().conn.on_node_of(&key, &command).await?)?;
+        let acked: u32 = parse(self.connection().on_node_of(&key, &command).await?)?;
         if acked < wait.replicas {
             self.inner
                 .confirms_short
