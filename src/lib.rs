@@ -25,6 +25,7 @@
 //! - [`settlement`]: the ledger side of `serve`: reconciler and periodic audit.
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
 //! - [`maintenance`]: the background sweeper and move recovery.
+//! - [`registry`]: the engines sharing one Redis, their heartbeats and rate shares.
 //! - [`local_redis`]: a private `redis-server` for the demo, tests and load runs.
 //! - [`local_postgres`]: a private PostgreSQL server (own cluster, loopback port) for tests.
 //! - [`demo`]: the sale the README's first command runs.
@@ -47,6 +48,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod reconcile;
 pub mod recovery;
+pub mod registry;
 pub mod scripts;
 pub mod settlement;
 pub mod sharding;
