@@ -1,0 +1,102 @@
+//! Joins, graceful leaves and crashes change every engine's share of the rates: a join or a
+//! leave within two heartbeats, a crash once the crashed engine's entry has expired.
+
+use std::time::{Duration, Instant};
+
+use flashsale::local_redis::LocalRedis;
+use flashsale::registry::TTL_BEATS;
+
+use crate::support::*;
+
+/// Two heartbeats, and room for a slow machine.
+fn two_beats() -> Duration {
+    Duration::from_millis(2 * HEARTBEAT_MS + 300)
+}
+
+/// Waits until every engine of `engines` holds `share` of the global rate and sees `live`
+/// engines; panics after `limit`. Returns how long it took.
+async fn shares_become(engines: &[&Engine], live: u64, share: f64, limit: Duration) -> Duration {
+    let took = within(limit, || async {
+        for engine in engines {
+            if engine.live().await != live || !same(engine.global_share().await, share) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    match took {
+        Some(took) => took,
+        None => {
+            let mut seen = Vec::new();
+            for engine in engines {
+                seen.push((engine.live().await, engine.global_share().await));
+            }
+            panic!("not {live} engines at {share} each within {limit:?}: {seen:?}")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_follow_joins_leaves_and_crashes() {
+    let redis = LocalRedis::start().unwrap();
+    let prefix = prefix();
+    let a = Engine::start(&redis.url(), &prefix, |_| {}).await;
+    assert_eq!(a.live().await, 1);
+    assert!(same(a.global_share().await, 1.0));
+
+    // A joins B: B holds its share from its first heartbeat, A within two.
+    let b = Engine::start(&redis.url(), &prefix, |_| {}).await;
+    assert!(
+        same(b.global_share().await, 0.5),
+        "the joiner starts at its share"
+    );
+    let took = shares_become(&[&a, &b], 2, 0.5, two_beats()).await;
+    println!("join of a second engine seen by all in {took:?}");
+
+    let c = Engine::start(&redis.url(), &prefix, |_| {}).await;
+    let took = shares_become(&[&a, &b, &c], 3, 1.0 / 3.0, two_beats()).await;
+    println!("join of a third engine seen by all in {took:?}");
+
+    // A graceful leave removes the entry at once.
+    c.leave().await;
+    let took = shares_become(&[&a, &b], 2, 0.5, two_beats()).await;
+    println!("graceful leave seen by all in {took:?}");
+
+    // A crash leaves the entry until it expires: the share comes back then, not before.
+    b.crash().await;
+    let crashed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        a.live().await,
+        2,
+        "the crashed engine's entry is still live"
+    );
+    assert!(same(a.global_share().await, 0.5));
+    let ttl = Duration::from_millis(HEARTBEAT_MS * u64::from(TTL_BEATS));
+    shares_become(&[&a], 1, 1.0, ttl + two_beats()).await;
+    let took = crashed.elapsed();
+    println!("crash seen in {took:?} (entry lives {ttl:?})");
+    assert!(
+        took + Duration::from_millis(HEARTBEAT_MS) >= ttl,
+        "the share came back before the entry could have expired: {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_sku_share_is_split_too() {
+    let redis = LocalRedis::start().unwrap();
+    let prefix = prefix();
+    let a = Engine::start(&redis.url(), &prefix, |c| c.rate_sku = 1_000).await;
+    let b = Engine::start(&redis.url(), &prefix, |c| c.rate_sku = 1_000).await;
+    let series = r#"flashsale_rate_share_sku{sku="*"}"#;
+    within(two_beats(), || async {
+        same(a.metric(series).await, 0.5) && same(b.metric(series).await, 0.5)
+    })
+    .await
+    .expect("both engines at half the per-SKU rate");
+    b.leave().await;
+    within(two_beats(), || async { same(a.metric(series).await, 1.0) })
+        .await
+        .expect("the per-SKU share back after the leave");
+}
