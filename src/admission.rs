@@ -90,6 +90,50 @@ pub struct Demand {
     pub per_sku: BTreeMap<Sku, u64>,
 }
 
+/// Slots of a [`Striped`] counter.
+const STRIPES: usize = 16;
+
+/// One slot, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+/// A counter that request threads add to without sharing a cache line (one slot per
+/// thread, by a per-thread index), summed when taken: counting demand must not make
+/// admission a point of contention.
+struct Striped([Slot; STRIPES]);
+
+impl Default for Striped {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Slot::default()))
+    }
+}
+
+impl std::fmt::Debug for Striped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Striped")
+    }
+}
+
+impl Striped {
+    fn add(&self) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES;
+        }
+        let stripe = STRIPE.with(|stripe| *stripe);
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count, which starts again from zero.
+    fn take(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|slot| slot.0.swap(0, Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// A limiter that tells how full it is when it admits (to carry its state into the next).
 type Direct = DefaultDirectRateLimiter<StateInformationMiddleware>;
 type Keyed = DefaultKeyedRateLimiter<Sku, StateInformationMiddleware>;
@@ -203,7 +247,7 @@ pub struct Gate {
     /// that a lookup needs no allocation on the sold-out path.
     recorded_keys: RwLock<Option<Arc<KeysByUser>>>,
     /// Reserves of this SKU that reached the token buckets since the demand was taken.
-    demand: AtomicU64,
+    demand: Striped,
 }
 
 impl Gate {
@@ -245,7 +289,7 @@ pub struct Admission {
     /// Serialises plan changes (the hot path never takes it).
     applying: Mutex<()>,
     /// Reserves that reached the buckets since the demand was last taken, and since when.
-    demand: AtomicU64,
+    demand: Striped,
     demand_since: Mutex<Instant>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
@@ -271,7 +315,7 @@ impl Admission {
         Self {
             limits: ArcSwap::from_pointee(limits),
             applying: Mutex::new(()),
-            demand: AtomicU64::new(0),
+            demand: Striped::default(),
             demand_since: Mutex::new(Instant::now()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
@@ -308,9 +352,9 @@ impl Admission {
             if let Some(refusal) = closed.and_then(|r| gate.closed_refusal(user, key, r)) {
                 return Err(refusal);
             }
-            gate.demand.fetch_add(1, Ordering::Relaxed);
+            gate.demand.add();
         }
-        self.demand.fetch_add(1, Ordering::Relaxed);
+        self.demand.add();
         let limited = |wait: NotUntil<_>| Refusal::RateLimited {
             retry_after: wait.wait_time_from(self.clock.now()),
         };
@@ -421,12 +465,12 @@ impl Admission {
             let now = Instant::now();
             now - std::mem::replace(&mut *self.demand_since.lock(), now)
         };
-        let total = self.demand.swap(0, Ordering::Relaxed);
+        let total = self.demand.take();
         let per_sku = self
             .gates()
             .into_iter()
             .filter_map(|(sku, gate)| {
-                let n = gate.demand.swap(0, Ordering::Relaxed);
+                let n = gate.demand.take();
                 (n > 0).then_some((sku, n))
             })
             .collect();
