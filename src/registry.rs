@@ -42,7 +42,7 @@
 //!   burst; the buckets' fills add up to at most `B` save for the joiner's first burst.
 //! - An engine whose heartbeats failed for longer than its entry lives may have been
 //!   dropped by the others, who then share its part: it falls back to 1 reserve a second
-//!   until a heartbeat succeeds again.
+//!   until a heartbeat succeeds again (retried every 100 ms meanwhile).
 //!
 //! Rounding down keeps the sum at or below `R`, except that every engine admits at least 1/s.
 //!
@@ -79,6 +79,10 @@ pub const DEMAND_FLOOR: f64 = 0.1;
 /// With `--rate-split demand`, the most SKUs an engine claims a share of (by demand; the
 /// others get the even part only).
 pub const MAX_CLAIMED_SKUS: usize = 64;
+
+/// While cut off, the heartbeat is retried this often (or every heartbeat, if shorter), so
+/// that the share comes back soon after Redis does.
+const CUT_OFF_RETRY: Duration = Duration::from_millis(100);
 
 /// The name of the global rate in claims (SKU ids have no `*`).
 const GLOBAL: &str = "*";
@@ -384,6 +388,8 @@ struct Beating {
     last_ok: Instant,
     /// Set once heartbeats failed for longer than the entry lives.
     cut_off: bool,
+    /// Set from a failed heartbeat to the next one that succeeds (one warning per outage).
+    failing: bool,
     /// SKUs whose share gauge is set.
     gauged: BTreeSet<Sku>,
 }
@@ -432,6 +438,7 @@ impl Registry {
                 claims: Claims::default(),
                 last_ok: Instant::now(),
                 cut_off: false,
+                failing: false,
                 gauged: BTreeSet::new(),
             }),
         });
@@ -516,6 +523,7 @@ impl Registry {
             beating.claims = granted;
             beating.last_ok = sent;
             beating.cut_off = false;
+            beating.failing = false;
         }
         self.view.store(Arc::new(View { engines, shares }));
         Ok(())
@@ -523,12 +531,15 @@ impl Registry {
 
     /// A heartbeat failed: counted, and once the entry may have expired for the others, the
     /// engine falls back to 1 reserve a second (they may be sharing its part already).
-    fn failed(&self, error: &StoreError) {
+    /// Returns whether the engine is cut off.
+    fn failed(&self, error: &StoreError) -> bool {
         self.metrics.heartbeat_failures.inc();
-        tracing::warn!(%error, "heartbeat failed");
         let mut beating = self.beating.lock();
+        if !std::mem::replace(&mut beating.failing, true) {
+            tracing::warn!(%error, "heartbeat failed");
+        }
         if beating.cut_off || beating.last_ok.elapsed() < self.options.ttl() {
-            return;
+            return beating.cut_off;
         }
         beating.cut_off = true;
         beating.claims = Claims::default();
@@ -544,6 +555,7 @@ impl Registry {
         self.gauge(self.live(), &shares);
         let engines = self.view.load().engines.clone();
         self.view.store(Arc::new(View { engines, shares }));
+        true
     }
 
     fn gauge(&self, live: usize, shares: &Shares) {
@@ -577,10 +589,14 @@ impl Registry {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick is now: `join` has just beaten.
             ticks.tick().await;
+            let retry = CUT_OFF_RETRY.min(registry.options.heartbeat);
             loop {
                 ticks.tick().await;
-                if let Err(error) = registry.beat().await {
-                    registry.failed(&error);
+                while let Err(error) = registry.beat().await {
+                    if !registry.failed(&error) {
+                        break;
+                    }
+                    tokio::time::sleep(retry).await;
                 }
             }
         })
