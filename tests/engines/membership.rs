@@ -100,3 +100,45 @@ async fn the_per_sku_share_is_split_too() {
         .await
         .expect("the per-SKU share back after the leave");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_cut_off_from_redis_for_longer_than_its_entry_lives_admits_1_a_second() {
+    let redis = LocalRedis::start().unwrap();
+    let a = Engine::start(&redis.url(), &prefix(), |c| {
+        c.heartbeat_ms = 100;
+        c.redis.redis_timeout_ms = 100;
+        c.rate_global = 1_000;
+    })
+    .await;
+    let share = || a.registry.shares().global.unwrap();
+    assert!(same(share(), 1.0));
+    // Redis answers no one for 1.5 s: every heartbeat times out, and after 3 of them the
+    // others would have dropped the entry.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_500)
+        .arg("ALL")
+        .exec(&mut conn)
+        .unwrap();
+    let paused = Instant::now();
+    within(Duration::from_millis(1_200), || async { share() <= 0.001 })
+        .await
+        .expect("the engine fell back to 1/s");
+    assert!(
+        paused.elapsed() >= Duration::from_millis(300),
+        "fell back before the entry could have expired"
+    );
+    // Redis answers again: the share comes back within a retry or two.
+    within(Duration::from_secs(2), || async { same(share(), 1.0) })
+        .await
+        .expect("the share came back");
+    println!(
+        "share back {:?} after the pause began (1.5 s)",
+        paused.elapsed()
+    );
+    assert!(a.metric("flashsale_heartbeat_failures_total").await >= 3.0);
+}

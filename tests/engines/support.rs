@@ -4,11 +4,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::config::ServeConfig;
 use flashsale::http::Application;
 use flashsale::ids::random_token;
+use flashsale::registry::Registry;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -36,6 +38,8 @@ pub struct Engine {
     pub client: reqwest::Client,
     /// Its id in the registry.
     pub id: String,
+    /// Its registry membership (shares readable while Redis does not answer).
+    pub registry: Arc<Registry>,
     stop: Option<oneshot::Sender<Stop>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -60,7 +64,7 @@ impl Engine {
         config.admin_token = Some(ADMIN_TOKEN.to_owned());
         config.heartbeat_ms = HEARTBEAT_MS;
         tweak(&mut config);
-        let (ready, built) = oneshot::channel::<(SocketAddr, String)>();
+        let (ready, built) = oneshot::channel::<(SocketAddr, Arc<Registry>)>();
         let (stop, stopped) = oneshot::channel::<Stop>();
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -70,8 +74,7 @@ impl Engine {
                 .expect("a runtime");
             runtime.block_on(async move {
                 let app = Application::build(&config).await.expect("build engine");
-                let id = app.state().registry.id().to_owned();
-                let _ = ready.send((app.local_addr(), id));
+                let _ = ready.send((app.local_addr(), app.state().registry.clone()));
                 let (leave, left) = oneshot::channel::<()>();
                 let served = tokio::spawn(app.run_until(async {
                     let _ = left.await;
@@ -85,14 +88,15 @@ impl Engine {
             // Whatever still runs (heartbeats, sweeps, polls) stops here, mid-step.
             runtime.shutdown_background();
         });
-        let (addr, id) = built.await.expect("the engine started");
+        let (addr, registry) = built.await.expect("the engine started");
         Self {
             base: format!("http://{addr}"),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-            id,
+            id: registry.id().to_owned(),
+            registry,
             stop: Some(stop),
             thread: Some(thread),
         }
