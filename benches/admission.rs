@@ -66,10 +66,12 @@ fn sku_config(sku: &Sku) -> SkuConfig {
     }
 }
 
-/// Admission with `config`'s limits that knows the benchmark SKU.
+/// Admission with `config`'s limits that knows the benchmark SKU, with a lease on its
+/// shares as `serve`'s registry gives it (so every admit reads the clock to judge it).
 fn admission_knowing(config: &AdmissionConfig, ids: &Ids) -> Admission {
     let admission = Admission::new(config);
     admission.know(&sku_config(&ids.sku));
+    admission.hold_until(std::time::Instant::now() + Duration::from_secs(24 * 3600));
     admission
 }
 

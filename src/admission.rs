@@ -214,6 +214,10 @@ pub enum Refusal {
     Overloaded,
     /// Redis restarted and is not trusted until the audit has compared it with the ledger.
     Suspended,
+    /// The engine's registry entry may have expired (no heartbeat succeeded for as long as
+    /// an entry lives): the others may be sharing its part of the rates, so it admits no
+    /// reserve until a heartbeat succeeds.
+    Unregistered,
 }
 
 impl Refusal {
@@ -225,6 +229,7 @@ impl Refusal {
             Self::NotStarted | Self::Ended => "window",
             Self::Overloaded => "in_flight",
             Self::Suspended => "suspended",
+            Self::Unregistered => "unregistered",
         }
     }
 }
@@ -297,6 +302,10 @@ pub struct Admission {
     clock: DefaultClock,
     /// Set while Redis is not trusted (see [`Admission::suspend`]).
     suspended: AtomicBool,
+    /// Until when the shares in force hold, ns after `epoch` (see [`Admission::hold_until`]);
+    /// `u64::MAX` for ever (no registry).
+    lease: AtomicU64,
+    epoch: Instant,
 }
 
 impl Admission {
@@ -322,6 +331,8 @@ impl Admission {
             gates: RwLock::new(HashMap::new()),
             clock: DefaultClock::default(),
             suspended: AtomicBool::new(false),
+            lease: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
         }
     }
 
@@ -337,6 +348,10 @@ impl Admission {
     ) -> Result<OwnedSemaphorePermit, Refusal> {
         if self.is_suspended() {
             return Err(Refusal::Suspended);
+        }
+        let lease = self.lease.load(Ordering::Acquire);
+        if lease != u64::MAX && self.epoch.elapsed().as_nanos() as u64 > lease {
+            return Err(Refusal::Unregistered);
         }
         if let Some(gate) = self.gate(sku) {
             if gate.starts_at_ms.is_some_and(|start| now_ms < start) {
@@ -491,6 +506,17 @@ impl Admission {
     /// Lets requests through again.
     pub fn resume(&self) {
         self.suspended.store(false, Ordering::Release);
+    }
+
+    /// The shares in force hold until `deadline`: past it, every reserve is refused (503)
+    /// until the next call, as the engine's registry entry may have expired and the others
+    /// may be sharing its part of the rates. Judged on every reserve, so an engine whose
+    /// heartbeat task is late (a starved process) stops in time too. Confirms and cancels
+    /// go on (they take no token).
+    pub fn hold_until(&self, deadline: Instant) {
+        let ns = deadline.saturating_duration_since(self.epoch).as_nanos();
+        self.lease
+            .store(u64::try_from(ns).unwrap_or(u64::MAX - 1), Ordering::Release);
     }
 
     /// Whether requests are refused while Redis is checked.
@@ -752,6 +778,25 @@ mod tests {
         // Another SKU kept its own, full bucket in the shared one.
         let other = Sku::new("radio").unwrap();
         assert_eq!(admit_all(&admission, &other, 100), 20);
+    }
+
+    #[test]
+    fn past_its_lease_the_engine_admits_no_reserve() {
+        let admission = Admission::new(&config(100));
+        let (sku, user, key) = ids();
+        assert!(
+            admission.admit_reserve(&sku, &user, &key, 0).is_ok(),
+            "no lease yet"
+        );
+        admission.hold_until(Instant::now() + Duration::from_secs(3600));
+        assert!(admission.admit_reserve(&sku, &user, &key, 0).is_ok());
+        admission.hold_until(Instant::now() - Duration::from_millis(1));
+        assert_eq!(
+            admission.admit_reserve(&sku, &user, &key, 0).unwrap_err(),
+            Refusal::Unregistered
+        );
+        // Other calls take no token and go on.
+        assert!(admission.admit_call().is_ok());
     }
 
     #[test]

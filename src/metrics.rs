@@ -19,11 +19,11 @@ pub struct Metrics {
     /// Request latency by route, method and outcome.
     pub request_seconds: HistogramVec,
     /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window,
-    /// suspended).
+    /// suspended, unregistered).
     pub refusals: IntCounterVec,
     /// The refusal counters resolved once (a label lookup per refusal costs a hash and a
     /// lock on the path that sheds load).
-    refusal_by_reason: [(&'static str, IntCounter); 5],
+    refusal_by_reason: [(&'static str, IntCounter); 6],
     /// Latency of the store's Redis calls, by operation.
     pub redis_seconds: HistogramVec,
     /// Requests with Redis calls in flight.
@@ -220,8 +220,15 @@ impl Metrics {
         ] {
             registry.register(collector).expect("unique metric");
         }
-        let refusal_by_reason = ["rate", "sold_out_flag", "window", "in_flight", "suspended"]
-            .map(|reason| (reason, refusals.with_label_values(&[reason])));
+        let refusal_by_reason = [
+            "rate",
+            "sold_out_flag",
+            "window",
+            "in_flight",
+            "suspended",
+            "unregistered",
+        ]
+        .map(|reason| (reason, refusals.with_label_values(&[reason])));
         Self {
             registry,
             refusal_by_reason,

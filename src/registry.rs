@@ -29,7 +29,7 @@
 //! Over any interval of `T` seconds, the reserves all engines admit together stay within
 //! `R * T + B` (`B` the configured burst), plus, for each engine that joined during the
 //! interval, `base * (R * (h + t) + B) / N` (`h` the heartbeat, `t` the Redis timeout,
-//! `N` the count after the join), and at most 1/s for each engine cut off from Redis:
+//! `N` the count after the join):
 //!
 //! - The claims never exceed their cap, as the script grants them atomically and an engine
 //!   lowers its limiter before it lowers its claim.
@@ -40,9 +40,11 @@
 //! - A limiter replaced for a new share starts as full, in proportion, as the one it
 //!   replaces ([`crate::admission::Admission::apply`]), so a change hands out no fresh
 //!   burst; the buckets' fills add up to at most `B` save for the joiner's first burst.
-//! - An engine whose heartbeats failed for longer than its entry lives may have been
-//!   dropped by the others, who then share its part: it falls back to 1 reserve a second
-//!   until a heartbeat succeeds again (retried every 100 ms meanwhile).
+//! - An engine whose last successful heartbeat was sent longer ago than its entry lives
+//!   may have been dropped by the others, who then share its part: it refuses every reserve
+//!   (503, retry with the same key) until a heartbeat succeeds again, judged on every
+//!   reserve ([`Admission::hold_until`]), so a starved engine whose heartbeat task is late
+//!   stops in time as well; failed heartbeats are retried every 100 ms meanwhile.
 //!
 //! Rounding down keeps the sum at or below `R`, except that every engine admits at least 1/s.
 //!
@@ -516,6 +518,8 @@ impl Registry {
         let (granted, engines) = parse_reply(reply)?;
         let plan = plan(&self.options, engines.len(), &granted);
         self.admission.apply(&plan);
+        // The entry lives `ttl` from the script's run, which is after `sent`.
+        self.admission.hold_until(sent + self.options.ttl());
         let shares = shares(&self.options, &plan);
         self.gauge(engines.len(), &shares);
         {
@@ -530,7 +534,7 @@ impl Registry {
     }
 
     /// A heartbeat failed: counted, and once the entry may have expired for the others, the
-    /// engine falls back to 1 reserve a second (they may be sharing its part already).
+    /// engine admits no reserve (they may be sharing its part already).
     /// Returns whether the engine is cut off.
     fn failed(&self, error: &StoreError) -> bool {
         self.metrics.heartbeat_failures.inc();
@@ -544,14 +548,16 @@ impl Registry {
         beating.cut_off = true;
         beating.claims = Claims::default();
         drop(beating);
-        tracing::warn!("no heartbeat for longer than an entry lives: admitting 1 reserve a second");
-        let minimal = LimitPlan {
-            global: self.options.global.map(|b| b.share(0.0)),
-            per_sku: self.options.per_sku.map(|b| b.share(0.0)),
+        tracing::warn!("no heartbeat for longer than an entry lives: refusing reserves");
+        // Admission refuses reserves by itself since the entry's life ran out. Its claims are gone with the entry; what it holds again is learnt at the next
+        // heartbeat that succeeds.
+        self.admission
+            .apply(&plan(&self.options, self.live(), &Claims::default()));
+        let shares = Shares {
+            global: self.options.global.map(|_| 0.0),
+            per_sku: self.options.per_sku.map(|_| 0.0),
             own: BTreeMap::new(),
         };
-        self.admission.apply(&minimal);
-        let shares = shares(&self.options, &minimal);
         self.gauge(self.live(), &shares);
         let engines = self.view.load().engines.clone();
         self.view.store(Arc::new(View { engines, shares }));
