@@ -18,10 +18,13 @@ const BURST: u32 = 20;
 /// What one engine answered while driven.
 #[derive(Debug, Default)]
 struct Driven {
-    /// Reserves that took a token: every answer but a rate refusal.
+    /// Reserves that took a token: every answer but a rate refusal or a 503.
     admitted: AtomicU64,
     /// Rate refusals.
     limited: AtomicU64,
+    /// 503s: refused before the buckets (an engine whose lease on its share ran out, on a
+    /// starved machine), or in flight (none here: the bound is the default 4,096).
+    unavailable: AtomicU64,
 }
 
 /// `tasks` loops of reserves of distinct users on `engine` until `until`.
@@ -39,6 +42,8 @@ async fn drive(engine: Arc<Engine>, tasks: usize, until: Instant, tag: &'static 
                     if reply.status == StatusCode::TOO_MANY_REQUESTS {
                         assert_eq!(reply.code, "rate_limited");
                         driven.limited.fetch_add(1, Ordering::Relaxed);
+                    } else if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                        driven.unavailable.fetch_add(1, Ordering::Relaxed);
                     } else {
                         driven.admitted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -87,14 +92,15 @@ async fn two_engines_driven(split: RateSplit, a_tasks: usize, b_tasks: usize) ->
     let seconds = started.elapsed().as_secs_f64();
     let admitted = [&da, &db].map(|d| d.admitted.load(Ordering::Relaxed));
     let limited = [&da, &db].map(|d| d.limited.load(Ordering::Relaxed));
+    let unavailable = [&da, &db].map(|d| d.unavailable.load(Ordering::Relaxed));
     let total = admitted[0] + admitted[1];
     // R per second over the run, one heartbeat's worth, and the buckets' fill (at most one
     // burst between them) when the drive began.
     let heartbeat = HEARTBEAT_MS as f64 / 1_000.0;
     let bound = f64::from(RATE) * (seconds + heartbeat) + f64::from(BURST);
     println!(
-        "{split:?}: admitted {admitted:?} (total {total}), limited {limited:?} in {seconds:.2} s; \
-         bound {bound:.0}; shares now {:.3} / {:.3}",
+        "{split:?}: admitted {admitted:?} (total {total}), limited {limited:?}, 503 \
+         {unavailable:?} in {seconds:.2} s; bound {bound:.0}; shares now {:.3} / {:.3}",
         a.global_share().await,
         b.global_share().await,
     );

@@ -72,21 +72,27 @@ impl Engine {
                 .enable_all()
                 .build()
                 .expect("a runtime");
-            runtime.block_on(async move {
+            // The shutdown signal outlives the runtime: dropping it would be a graceful
+            // shutdown too, and a crash must not leave the registry.
+            let (leave, left) = oneshot::channel::<()>();
+            let mut leave = Some(leave);
+            runtime.block_on(async {
                 let app = Application::build(&config).await.expect("build engine");
                 let _ = ready.send((app.local_addr(), app.state().registry.clone()));
-                let (leave, left) = oneshot::channel::<()>();
                 let served = tokio::spawn(app.run_until(async {
                     let _ = left.await;
                 }));
                 if let Ok(Stop::Crash) = stopped.await {
                     return;
                 }
-                let _ = leave.send(());
+                if let Some(leave) = leave.take() {
+                    let _ = leave.send(());
+                }
                 let _ = served.await;
             });
             // Whatever still runs (heartbeats, sweeps, polls) stops here, mid-step.
             runtime.shutdown_background();
+            drop(leave);
         });
         let (addr, registry) = built.await.expect("the engine started");
         Self {
