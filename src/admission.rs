@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, QuantaInstant, Reference};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use parking_lot::{Mutex, RwLock};
@@ -302,10 +302,10 @@ pub struct Admission {
     clock: DefaultClock,
     /// Set while Redis is not trusted (see [`Admission::suspend`]).
     suspended: AtomicBool,
-    /// Until when the shares in force hold, ns after `epoch` (see [`Admission::hold_until`]);
-    /// `u64::MAX` for ever (no registry).
+    /// Until when the shares in force hold, ns after `epoch` on `clock` (see
+    /// [`Admission::hold_until`]); `u64::MAX` for ever (no registry).
     lease: AtomicU64,
-    epoch: Instant,
+    epoch: QuantaInstant,
 }
 
 impl Admission {
@@ -321,6 +321,7 @@ impl Admission {
             }),
             own: HashMap::new(),
         };
+        let clock = DefaultClock::default();
         Self {
             limits: ArcSwap::from_pointee(limits),
             applying: Mutex::new(()),
@@ -329,10 +330,10 @@ impl Admission {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
             gates: RwLock::new(HashMap::new()),
-            clock: DefaultClock::default(),
             suspended: AtomicBool::new(false),
             lease: AtomicU64::new(u64::MAX),
-            epoch: Instant::now(),
+            epoch: clock.now(),
+            clock,
         }
     }
 
@@ -348,10 +349,6 @@ impl Admission {
     ) -> Result<OwnedSemaphorePermit, Refusal> {
         if self.is_suspended() {
             return Err(Refusal::Suspended);
-        }
-        let lease = self.lease.load(Ordering::Acquire);
-        if lease != u64::MAX && self.epoch.elapsed().as_nanos() as u64 > lease {
-            return Err(Refusal::Unregistered);
         }
         if let Some(gate) = self.gate(sku) {
             if gate.starts_at_ms.is_some_and(|start| now_ms < start) {
@@ -370,6 +367,11 @@ impl Admission {
             gate.demand.add();
         }
         self.demand.add();
+        // Only what takes a token needs the share: the refusals above do not.
+        let lease = self.lease.load(Ordering::Acquire);
+        if lease != u64::MAX && u64::from(self.clock.now().duration_since(self.epoch)) > lease {
+            return Err(Refusal::Unregistered);
+        }
         let limited = |wait: NotUntil<_>| Refusal::RateLimited {
             retry_after: wait.wait_time_from(self.clock.now()),
         };
@@ -514,9 +516,14 @@ impl Admission {
     /// heartbeat task is late (a starved process) stops in time too. Confirms and cancels
     /// go on (they take no token).
     pub fn hold_until(&self, deadline: Instant) {
-        let ns = deadline.saturating_duration_since(self.epoch).as_nanos();
-        self.lease
-            .store(u64::try_from(ns).unwrap_or(u64::MAX - 1), Ordering::Release);
+        // On governor's clock (cheaper to read than `Instant`), from the time left.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let now = u64::from(self.clock.now().duration_since(self.epoch));
+        let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+        self.lease.store(
+            now.saturating_add(left).min(u64::MAX - 1),
+            Ordering::Release,
+        );
     }
 
     /// Whether requests are refused while Redis is checked.
