@@ -27,39 +27,40 @@ struct Driven {
     unavailable: AtomicU64,
 }
 
-/// `tasks` loops of reserves of distinct users on `engine` until `until`.
-async fn drive(engine: Arc<Engine>, tasks: usize, until: Instant, tag: &'static str) -> Driven {
+/// Reserves of distinct users on `engine`, `per_second` of them, open loop (each sent at
+/// its time whatever the answers to the others: an engine's demand is what it is offered,
+/// not what it answers quickly), until `until`.
+async fn drive(engine: Arc<Engine>, per_second: u32, until: Instant, tag: &'static str) -> Driven {
     let driven = Arc::new(Driven::default());
-    let loops: Vec<_> = (0..tasks)
-        .map(|task| {
-            let engine = engine.clone();
-            let driven = driven.clone();
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < until {
-                    let reply = engine.reserve("tv", &format!("{tag}-{task}-{n}")).await;
-                    n += 1;
-                    if reply.status == StatusCode::TOO_MANY_REQUESTS {
-                        assert_eq!(reply.code, "rate_limited");
-                        driven.limited.fetch_add(1, Ordering::Relaxed);
-                    } else if reply.status == StatusCode::SERVICE_UNAVAILABLE {
-                        driven.unavailable.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        driven.admitted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    for task in loops {
-        task.await.unwrap();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / per_second);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = Vec::new();
+    while Instant::now() < until {
+        ticks.tick().await;
+        let (engine, driven) = (engine.clone(), driven.clone());
+        let user = format!("{tag}-{}", sent.len());
+        sent.push(tokio::spawn(async move {
+            let reply = engine.reserve("tv", &user).await;
+            if reply.status == StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(reply.code, "rate_limited");
+                driven.limited.fetch_add(1, Ordering::Relaxed);
+            } else if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                driven.unavailable.fetch_add(1, Ordering::Relaxed);
+            } else {
+                driven.admitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for request in sent {
+        request.await.unwrap();
     }
     Arc::try_unwrap(driven).unwrap()
 }
 
-/// Starts two engines splitting [`RATE`] as `split` says, drives them with `a_tasks` and
-/// `b_tasks` loops for three seconds, and checks the bound. Returns what each admitted.
-async fn two_engines_driven(split: RateSplit, a_tasks: usize, b_tasks: usize) -> (u64, u64) {
+/// Starts two engines splitting [`RATE`] as `split` says, offers them `a_rate` and
+/// `b_rate` reserves a second for three seconds, and checks the bound. Returns what each
+/// admitted.
+async fn two_engines_driven(split: RateSplit, a_rate: u32, b_rate: u32) -> (u64, u64) {
     let redis = LocalRedis::start().unwrap();
     let prefix = prefix();
     let tweak = move |c: &mut flashsale::config::ServeConfig| {
@@ -86,9 +87,10 @@ async fn two_engines_driven(split: RateSplit, a_tasks: usize, b_tasks: usize) ->
     let started = Instant::now();
     let until = started + Duration::from_secs(3);
     let (da, db) = tokio::join!(
-        drive(a.clone(), a_tasks, until, "a"),
-        drive(b.clone(), b_tasks, until, "b")
+        drive(a.clone(), a_rate, until, "a"),
+        drive(b.clone(), b_rate, until, "b")
     );
+    // Until the last answer: every reserve admitted was admitted by then.
     let seconds = started.elapsed().as_secs_f64();
     let admitted = [&da, &db].map(|d| d.admitted.load(Ordering::Relaxed));
     let limited = [&da, &db].map(|d| d.limited.load(Ordering::Relaxed));
@@ -119,13 +121,14 @@ async fn two_engines_driven(split: RateSplit, a_tasks: usize, b_tasks: usize) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_engines_split_evenly_stay_within_the_rate() {
-    two_engines_driven(RateSplit::Even, 8, 8).await;
+    // Each offered twice the whole rate.
+    two_engines_driven(RateSplit::Even, 2 * RATE, 2 * RATE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_engines_split_by_demand_stay_within_the_rate_and_follow_demand() {
-    // A is driven three times as hard as B: it ends with the larger share, and together
-    // they still stay within the rate.
-    let (a, b) = two_engines_driven(RateSplit::Demand, 12, 4).await;
+    // A is offered three times what B is, both more than the rate: A ends with the larger
+    // share, and together they still stay within the rate.
+    let (a, b) = two_engines_driven(RateSplit::Demand, 3 * RATE, RATE).await;
     assert!(a > b, "the busier engine admitted less: {a} vs {b}");
 }
