@@ -8,7 +8,8 @@
 //! Groups, each documented in its module below:
 //! - `admission/one_thread`: one admit per iteration, nothing else running;
 //! - `admission/contended`: 2 and 4 threads admitting on one `Admission`, per admit;
-//! - `admission/sold_out`: a refusal from memory of a sold-out SKU.
+//! - `admission/sold_out`: a refusal from memory of a sold-out SKU;
+//! - `admission/reshared`: admits while another thread puts new shares in force.
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;
@@ -65,10 +66,12 @@ fn sku_config(sku: &Sku) -> SkuConfig {
     }
 }
 
-/// Admission with `config`'s limits that knows the benchmark SKU.
+/// Admission with `config`'s limits that knows the benchmark SKU, with a lease on its
+/// shares as `serve`'s registry gives it (so every admit reads the clock to judge it).
 fn admission_knowing(config: &AdmissionConfig, ids: &Ids) -> Admission {
     let admission = Admission::new(config);
     admission.know(&sku_config(&ids.sku));
+    admission.hold_until(std::time::Instant::now() + Duration::from_secs(24 * 3600));
     admission
 }
 
@@ -250,10 +253,62 @@ mod sold_out {
     }
 }
 
+mod reshared {
+    //! `admission/reshared`: one `admit_reserve` that admits, as in `one_thread`, while
+    //! another thread puts a new plan in force every millisecond (an engine registry whose
+    //! shares change at every heartbeat does so once a second). The admit reads the buckets
+    //! with one atomic load of the set `apply` swaps; this measures what the swaps cost it.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread;
+
+    use super::*;
+    use flashsale::admission::LimitPlan;
+    use std::hint::black_box;
+
+    pub fn bench(c: &mut Criterion) {
+        let ids = Ids::new();
+        let mut group = c.benchmark_group("admission/reshared");
+        let config = AdmissionConfig {
+            global: Some(generous()),
+            per_sku: Some(generous()),
+            max_in_flight: 1024,
+        };
+        let admission = admission_knowing(&config, &ids);
+        let plans = [0.5, 1.0].map(|fraction| LimitPlan {
+            global: Some(generous().share(fraction)),
+            per_sku: Some(generous().share(fraction)),
+            own: Default::default(),
+        });
+        let stop = AtomicBool::new(false);
+        thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    admission.apply(&plans[n % 2]);
+                    n += 1;
+                    thread::sleep(Duration::from_millis(1));
+                }
+            });
+            group.bench_function("admit_while_swapping", |b| {
+                b.iter(|| {
+                    let permit = admission
+                        .admit_reserve(black_box(&ids.sku), &ids.user, &ids.key, NOW_MS)
+                        .expect("a generous bucket admits");
+                    drop(permit);
+                })
+            });
+            stop.store(true, Ordering::Relaxed);
+        });
+        group.finish();
+    }
+}
+
 criterion_group!(
     benches,
     one_thread::bench,
     contended::bench,
-    sold_out::bench
+    sold_out::bench,
+    reshared::bench
 );
 criterion_main!(benches);

@@ -10,15 +10,17 @@
 //! `<user>:<key>` Redis has recorded, once those keys are loaded: a client retrying a
 //! reserve that did succeed gets its reservation back, not "sold out".
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use parking_lot::RwLock;
+use arc_swap::ArcSwap;
+use governor::clock::{Clock, DefaultClock, QuantaInstant, Reference};
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ids::{IdempotencyKey, Sku, UserId};
@@ -37,6 +39,150 @@ impl Bucket {
     fn quota(self) -> Quota {
         Quota::per_second(self.rate).allow_burst(self.burst)
     }
+
+    /// `fraction` (0 to 1) of this bucket: rate and burst scaled alike, rounded down, at
+    /// least 1 each.
+    pub fn share(self, fraction: f64) -> Bucket {
+        let scale = |n: NonZeroU32| {
+            let scaled = (f64::from(n.get()) * fraction.clamp(0.0, 1.0)).floor() as u32;
+            NonZeroU32::new(scaled).unwrap_or(NonZeroU32::MIN)
+        };
+        Bucket {
+            rate: scale(self.rate),
+            burst: scale(self.burst),
+        }
+    }
+
+    /// A bucket of `rate` per second with this bucket's burst scaled by `rate / self.rate`
+    /// (so it refills in the same time), at least 1 each.
+    pub fn at_rate(self, rate: u32) -> Bucket {
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        let burst =
+            u64::from(self.burst.get()) * u64::from(rate.get()) / u64::from(self.rate.get());
+        Bucket {
+            rate,
+            burst: NonZeroU32::new(burst.min(u64::from(u32::MAX)) as u32)
+                .unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+/// The buckets admission applies: the engine's share of the configured ones (see
+/// [`crate::registry`]). `None` is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitPlan {
+    /// All reserves together.
+    pub global: Option<Bucket>,
+    /// Reserves of one SKU, for every SKU without a bucket of its own in `own`.
+    pub per_sku: Option<Bucket>,
+    /// SKUs with a per-SKU bucket of their own (ignored without `per_sku`).
+    pub own: BTreeMap<Sku, Bucket>,
+}
+
+/// Reserves that reached the token buckets since the last [`Admission::take_demand`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Demand {
+    /// Over how long they were counted.
+    pub over: Duration,
+    /// All of them.
+    pub total: u64,
+    /// By known SKU (SKUs with none are left out).
+    pub per_sku: BTreeMap<Sku, u64>,
+}
+
+/// Slots of a [`Striped`] counter.
+const STRIPES: usize = 16;
+
+/// One slot, on a cache line of its own.
+#[derive(Default)]
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+/// A counter that request threads add to without sharing a cache line (one slot per
+/// thread, by a per-thread index), summed when taken: counting demand must not make
+/// admission a point of contention.
+struct Striped([Slot; STRIPES]);
+
+impl Default for Striped {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| Slot::default()))
+    }
+}
+
+impl std::fmt::Debug for Striped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Striped")
+    }
+}
+
+impl Striped {
+    fn add(&self) {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize % STRIPES;
+        }
+        let stripe = STRIPE.with(|stripe| *stripe);
+        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The count, which starts again from zero.
+    fn take(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|slot| slot.0.swap(0, Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A limiter that tells how full it is when it admits (to carry its state into the next).
+type Direct = DefaultDirectRateLimiter<StateInformationMiddleware>;
+type Keyed = DefaultKeyedRateLimiter<Sku, StateInformationMiddleware>;
+
+/// A limiter and the bucket it was made for.
+struct Held<L> {
+    bucket: Bucket,
+    limiter: L,
+}
+
+/// The limiters in force, swapped whole when the plan changes: a request reads one
+/// consistent set with one atomic load and no lock.
+#[derive(Default)]
+struct Limits {
+    global: Option<Arc<Held<Direct>>>,
+    per_sku: Option<Arc<Held<Keyed>>>,
+    own: HashMap<Sku, Arc<Held<Direct>>>,
+}
+
+/// The part of its bucket a limiter has left, from a check's outcome: the check took one
+/// cell, which is counted back (the limiter is being retired).
+fn fill(
+    outcome: Result<StateSnapshot, NotUntil<governor::clock::QuantaInstant>>,
+    burst: Bucket,
+) -> f64 {
+    match outcome {
+        Ok(state) => {
+            (f64::from(state.remaining_burst_capacity()) + 1.0) / f64::from(burst.burst.get())
+        }
+        Err(_) => 0.0,
+    }
+    .min(1.0)
+}
+
+/// How many cells to take from a fresh, full bucket so that `fill` of it is left.
+fn to_drain(bucket: Bucket, fill: f64) -> Option<NonZeroU32> {
+    let burst = bucket.burst.get();
+    let keep = (f64::from(burst) * fill.clamp(0.0, 1.0)).floor() as u32;
+    NonZeroU32::new(burst - keep.min(burst))
+}
+
+/// A direct limiter for `bucket`, as full as `fill` says.
+fn direct(bucket: Bucket, fill: f64) -> Held<Direct> {
+    let limiter =
+        RateLimiter::direct(bucket.quota()).with_middleware::<StateInformationMiddleware>();
+    if let Some(n) = to_drain(bucket, fill) {
+        let _ = limiter.check_n(n);
+    }
+    Held { bucket, limiter }
 }
 
 /// Admission limits.
@@ -68,6 +214,10 @@ pub enum Refusal {
     Overloaded,
     /// Redis restarted and is not trusted until the audit has compared it with the ledger.
     Suspended,
+    /// The engine's registry entry may have expired (no heartbeat succeeded for as long as
+    /// an entry lives): the others may be sharing its part of the rates, so it admits no
+    /// reserve until a heartbeat succeeds.
+    Unregistered,
 }
 
 impl Refusal {
@@ -79,6 +229,7 @@ impl Refusal {
             Self::NotStarted | Self::Ended => "window",
             Self::Overloaded => "in_flight",
             Self::Suspended => "suspended",
+            Self::Unregistered => "unregistered",
         }
     }
 }
@@ -100,6 +251,8 @@ pub struct Gate {
     /// Keys recorded in Redis when the SKU closed, by user; `None` until loaded. By user so
     /// that a lookup needs no allocation on the sold-out path.
     recorded_keys: RwLock<Option<Arc<KeysByUser>>>,
+    /// Reserves of this SKU that reached the token buckets since the demand was taken.
+    demand: Striped,
 }
 
 impl Gate {
@@ -136,27 +289,51 @@ impl Gate {
 
 /// The admission layer. Shared by every request.
 pub struct Admission {
-    global: Option<DefaultDirectRateLimiter>,
-    per_sku: Option<DefaultKeyedRateLimiter<Sku>>,
+    /// The token buckets in force (see [`Admission::apply`]).
+    limits: ArcSwap<Limits>,
+    /// Serialises plan changes (the hot path never takes it).
+    applying: Mutex<()>,
+    /// Reserves that reached the buckets since the demand was last taken, and since when.
+    demand: Striped,
+    demand_since: Mutex<Instant>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     gates: RwLock<HashMap<Sku, Arc<Gate>>>,
     clock: DefaultClock,
     /// Set while Redis is not trusted (see [`Admission::suspend`]).
     suspended: AtomicBool,
+    /// Until when the shares in force hold, ns after `epoch` on `clock` (see
+    /// [`Admission::hold_until`]); `u64::MAX` for ever (no registry).
+    lease: AtomicU64,
+    epoch: QuantaInstant,
 }
 
 impl Admission {
     /// Admission with `config`'s limits and no SKU known.
     pub fn new(config: &AdmissionConfig) -> Self {
+        let limits = Limits {
+            global: config.global.map(|b| Arc::new(direct(b, 1.0))),
+            per_sku: config.per_sku.map(|bucket| {
+                Arc::new(Held {
+                    bucket,
+                    limiter: RateLimiter::keyed(bucket.quota()).with_middleware(),
+                })
+            }),
+            own: HashMap::new(),
+        };
+        let clock = DefaultClock::default();
         Self {
-            global: config.global.map(|b| RateLimiter::direct(b.quota())),
-            per_sku: config.per_sku.map(|b| RateLimiter::keyed(b.quota())),
+            limits: ArcSwap::from_pointee(limits),
+            applying: Mutex::new(()),
+            demand: Striped::default(),
+            demand_since: Mutex::new(Instant::now()),
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
             max_in_flight: config.max_in_flight,
             gates: RwLock::new(HashMap::new()),
-            clock: DefaultClock::default(),
             suspended: AtomicBool::new(false),
+            lease: AtomicU64::new(u64::MAX),
+            epoch: clock.now(),
+            clock,
         }
     }
 
@@ -187,18 +364,27 @@ impl Admission {
             if let Some(refusal) = closed.and_then(|r| gate.closed_refusal(user, key, r)) {
                 return Err(refusal);
             }
+            gate.demand.add();
         }
-        if let Some(limiter) = &self.per_sku {
-            limiter
-                .check_key(sku)
-                .map_err(|wait| Refusal::RateLimited {
-                    retry_after: wait.wait_time_from(self.clock.now()),
-                })?;
+        self.demand.add();
+        // Only what takes a token needs the share: the refusals above do not.
+        let lease = self.lease.load(Ordering::Acquire);
+        if lease != u64::MAX && u64::from(self.clock.now().duration_since(self.epoch)) > lease {
+            return Err(Refusal::Unregistered);
         }
-        if let Some(limiter) = &self.global {
-            limiter.check().map_err(|wait| Refusal::RateLimited {
-                retry_after: wait.wait_time_from(self.clock.now()),
-            })?;
+        let limited = |wait: NotUntil<_>| Refusal::RateLimited {
+            retry_after: wait.wait_time_from(self.clock.now()),
+        };
+        // One atomic load: the buckets in force, swapped whole by `apply`.
+        let limits = self.limits.load();
+        if let Some(per_sku) = &limits.per_sku {
+            match limits.own.get(sku) {
+                Some(own) => own.limiter.check().map(drop).map_err(limited)?,
+                None => per_sku.limiter.check_key(sku).map(drop).map_err(limited)?,
+            }
+        }
+        if let Some(global) = &limits.global {
+            global.limiter.check().map(drop).map_err(limited)?;
         }
         self.admit_call()
     }
@@ -214,6 +400,104 @@ impl Admission {
             .map_err(|_| Refusal::Overloaded)
     }
 
+    /// The buckets in force.
+    pub fn plan(&self) -> LimitPlan {
+        let limits = self.limits.load();
+        LimitPlan {
+            global: limits.global.as_ref().map(|held| held.bucket),
+            per_sku: limits.per_sku.as_ref().map(|held| held.bucket),
+            own: limits
+                .own
+                .iter()
+                .map(|(sku, held)| (sku.clone(), held.bucket))
+                .collect(),
+        }
+    }
+
+    /// Puts `plan`'s buckets in force, in one swap. A bucket that did not change keeps its
+    /// limiter; one that did gets a new limiter that starts as full, in proportion, as the
+    /// one it replaces was (for a SKU: its own bucket, or the shared per-SKU one), so that
+    /// a change of share never hands out a fresh burst on top of what the old limiter gave.
+    /// The old limiter loses the one cell the reading takes.
+    pub fn apply(&self, plan: &LimitPlan) {
+        let _one_at_a_time = self.applying.lock();
+        let old = self.limits.load_full();
+        if self.plan() == *plan {
+            return;
+        }
+        let global = plan.global.map(|bucket| match &old.global {
+            Some(held) if held.bucket == bucket => held.clone(),
+            Some(held) => Arc::new(direct(bucket, fill(held.limiter.check(), held.bucket))),
+            None => Arc::new(direct(bucket, 1.0)),
+        });
+        // A SKU's fill before the change: its own limiter's, else the shared one's.
+        let sku_fill = |sku: &Sku| match (old.own.get(sku), &old.per_sku) {
+            (Some(own), _) => fill(own.limiter.check(), own.bucket),
+            (None, Some(shared)) => fill(shared.limiter.check_key(sku), shared.bucket),
+            (None, None) => 1.0,
+        };
+        let per_sku = plan.per_sku.map(|bucket| match &old.per_sku {
+            Some(held) if held.bucket == bucket => held.clone(),
+            _ => {
+                let limiter = RateLimiter::keyed(bucket.quota()).with_middleware();
+                // Carried over for the SKUs known, and those that had a bucket of their own;
+                // a SKU new to this engine starts full (its first burst, as it always had).
+                let skus = self.gates().into_iter().map(|(sku, _)| sku);
+                for sku in skus.chain(old.own.keys().cloned()) {
+                    if plan.own.contains_key(&sku) {
+                        continue;
+                    }
+                    if let Some(n) = to_drain(bucket, sku_fill(&sku)) {
+                        let _ = limiter.check_key_n(&sku, n);
+                    }
+                }
+                Arc::new(Held { bucket, limiter })
+            }
+        });
+        let own = match plan.per_sku {
+            None => HashMap::new(),
+            Some(_) => plan
+                .own
+                .iter()
+                .map(|(sku, &bucket)| {
+                    let held = match old.own.get(sku) {
+                        Some(held) if held.bucket == bucket => held.clone(),
+                        _ => Arc::new(direct(bucket, sku_fill(sku))),
+                    };
+                    (sku.clone(), held)
+                })
+                .collect(),
+        };
+        self.limits.store(Arc::new(Limits {
+            global,
+            per_sku,
+            own,
+        }));
+    }
+
+    /// The reserves that reached the token buckets since the last call, in all and by
+    /// known SKU; the counts start again from zero.
+    pub fn take_demand(&self) -> Demand {
+        let over = {
+            let now = Instant::now();
+            now - std::mem::replace(&mut *self.demand_since.lock(), now)
+        };
+        let total = self.demand.take();
+        let per_sku = self
+            .gates()
+            .into_iter()
+            .filter_map(|(sku, gate)| {
+                let n = gate.demand.take();
+                (n > 0).then_some((sku, n))
+            })
+            .collect();
+        Demand {
+            over,
+            total,
+            per_sku,
+        }
+    }
+
     /// Refuses every request that would call Redis (503) until [`Admission::resume`]: for
     /// a Redis that restarted and may have lost writes, nothing is sold on its word until
     /// the audit has compared it with the ledger.
@@ -224,6 +508,22 @@ impl Admission {
     /// Lets requests through again.
     pub fn resume(&self) {
         self.suspended.store(false, Ordering::Release);
+    }
+
+    /// The shares in force hold until `deadline`: past it, every reserve is refused (503)
+    /// until the next call, as the engine's registry entry may have expired and the others
+    /// may be sharing its part of the rates. Judged on every reserve, so an engine whose
+    /// heartbeat task is late (a starved process) stops in time too. Confirms and cancels
+    /// go on (they take no token).
+    pub fn hold_until(&self, deadline: Instant) {
+        // On governor's clock (cheaper to read than `Instant`), from the time left.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let now = u64::from(self.clock.now().duration_since(self.epoch));
+        let left = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX);
+        self.lease.store(
+            now.saturating_add(left).min(u64::MAX - 1),
+            Ordering::Release,
+        );
     }
 
     /// Whether requests are refused while Redis is checked.
@@ -433,6 +733,94 @@ mod tests {
             !admission.gate(&sku).unwrap().keys_loaded(),
             "keys dropped with the flag"
         );
+    }
+
+    fn bucket(rate: u32, burst: u32) -> Bucket {
+        Bucket {
+            rate: NonZeroU32::new(rate).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    /// Admits until refused, at most `limit` times.
+    fn admit_all(admission: &Admission, sku: &Sku, limit: usize) -> usize {
+        let (_, user, key) = ids();
+        (0..limit)
+            .take_while(|_| admission.admit_reserve(sku, &user, &key, 0).is_ok())
+            .count()
+    }
+
+    #[test]
+    fn a_new_share_starts_as_full_as_the_old_bucket_was() {
+        // Slow rates: no token comes back while the test runs.
+        let admission = Admission::new(&AdmissionConfig {
+            global: Some(bucket(1, 10)),
+            per_sku: Some(bucket(1, 10)),
+            max_in_flight: 1_000,
+        });
+        let (sku, _, _) = ids();
+        admission.know(&sku_config(None, None));
+        assert_eq!(admit_all(&admission, &sku, 8), 8);
+        // The same plan again changes nothing, and loses no token.
+        admission.apply(&admission.plan());
+        // Twice the share: 2 of 10 left, so 4 of 20 (the reading of the old one takes 1,
+        // counted back).
+        let mut plan = LimitPlan {
+            global: Some(bucket(2, 20)),
+            per_sku: Some(bucket(2, 20)),
+            own: BTreeMap::new(),
+        };
+        admission.apply(&plan);
+        assert_eq!(admission.plan(), plan);
+        assert_eq!(
+            admit_all(&admission, &sku, 100),
+            4,
+            "a fresh burst was handed out"
+        );
+        // A SKU of its own inherits its fill from the shared per-SKU bucket: empty now.
+        plan.global = None;
+        plan.own.insert(sku.clone(), bucket(5, 50));
+        admission.apply(&plan);
+        assert_eq!(admit_all(&admission, &sku, 100), 0);
+        // Another SKU kept its own, full bucket in the shared one.
+        let other = Sku::new("radio").unwrap();
+        assert_eq!(admit_all(&admission, &other, 100), 20);
+    }
+
+    #[test]
+    fn past_its_lease_the_engine_admits_no_reserve() {
+        let admission = Admission::new(&config(100));
+        let (sku, user, key) = ids();
+        assert!(
+            admission.admit_reserve(&sku, &user, &key, 0).is_ok(),
+            "no lease yet"
+        );
+        admission.hold_until(Instant::now() + Duration::from_secs(3600));
+        assert!(admission.admit_reserve(&sku, &user, &key, 0).is_ok());
+        admission.hold_until(Instant::now() - Duration::from_millis(1));
+        assert_eq!(
+            admission.admit_reserve(&sku, &user, &key, 0).unwrap_err(),
+            Refusal::Unregistered
+        );
+        // Other calls take no token and go on.
+        assert!(admission.admit_call().is_ok());
+    }
+
+    #[test]
+    fn demand_counts_what_reached_the_buckets() {
+        let admission = Admission::new(&config(100));
+        let (sku, user, key) = ids();
+        admission.know(&sku_config(Some(1_000), None));
+        let _ = admission.admit_reserve(&sku, &user, &key, 0); // not started: not demand
+        for _ in 0..3 {
+            drop(admission.admit_reserve(&sku, &user, &key, 1_000));
+        }
+        let unknown = Sku::new("nope").unwrap();
+        drop(admission.admit_reserve(&unknown, &user, &key, 1_000));
+        let demand = admission.take_demand();
+        assert_eq!(demand.total, 4);
+        assert_eq!(demand.per_sku, BTreeMap::from([(sku.clone(), 3)]));
+        assert_eq!(admission.take_demand().total, 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use clap::Args;
 
 use crate::admission::{AdmissionConfig, Bucket};
 use crate::reconcile::ReconcileOptions;
+use crate::registry::{RateSplit, RegistryOptions};
 use crate::store::{ReplicaWait, StoreOptions};
 use crate::topology::{RedisTarget, TargetError};
 
@@ -153,6 +154,16 @@ pub struct ServeConfig {
     /// How often a sold-out SKU is checked for units that came back, in ms.
     #[arg(long, env = "FLASHSALE_SOLD_OUT_POLL_MS", default_value_t = 50)]
     pub sold_out_poll_ms: u64,
+
+    /// How often the engine renews its entry in the engine registry and recomputes its
+    /// share of the rates, in ms (an entry lives 3 heartbeats).
+    #[arg(long, env = "FLASHSALE_HEARTBEAT_MS", default_value_t = 1_000)]
+    pub heartbeat_ms: u64,
+
+    /// How the global and per-SKU rates are split among the live engines: `even` (rate / N
+    /// each) or `demand` (a small equal part each, the rest by recent demand).
+    #[arg(long, env = "FLASHSALE_RATE_SPLIT", value_enum, default_value_t = RateSplit::Even)]
+    pub rate_split: RateSplit,
 }
 
 fn bucket(rate: u32, burst: u32) -> Option<Bucket> {
@@ -191,6 +202,8 @@ impl ServeConfig {
             max_in_flight: 4_096,
             sweep_interval_ms: 250,
             sold_out_poll_ms: 50,
+            heartbeat_ms: 1_000,
+            rate_split: RateSplit::Even,
         }
     }
 
@@ -209,6 +222,17 @@ impl ServeConfig {
             global: bucket(self.rate_global, self.burst_global),
             per_sku: bucket(self.rate_sku, self.burst_sku),
             max_in_flight: self.max_in_flight.max(1),
+        }
+    }
+
+    /// The engine registry's heartbeat and the rates it splits.
+    pub fn registry(&self) -> RegistryOptions {
+        let admission = self.admission();
+        RegistryOptions {
+            heartbeat: Duration::from_millis(self.heartbeat_ms.max(1)),
+            split: self.rate_split,
+            global: admission.global,
+            per_sku: admission.per_sku,
         }
     }
 

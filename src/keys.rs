@@ -32,6 +32,17 @@ pub struct ShardKeys {
     pub moves: String,
 }
 
+/// The keys of the engine registry, all tagged `{engines}`.
+#[derive(Debug, Clone)]
+pub struct EngineKeys {
+    /// Sorted set: engine id by the expiry of its entry (ms, Redis's clock).
+    pub live: String,
+    /// Hash: engine id to its entry (host, pid, recent demand).
+    pub demand: String,
+    /// Hash: engine id to its claims on the rates.
+    pub claims: String,
+}
+
 impl KeySpace {
     /// Key space under `prefix` (for example `fs:`).
     pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
@@ -78,6 +89,17 @@ impl KeySpace {
         format!("{}{{{sku}}}:repair", self.prefix)
     }
 
+    /// The engine registry (see [`crate::registry`]): live engines by expiry, their
+    /// entries, and their claims on the rates. One hash tag, so one hash slot.
+    pub fn engines(&self) -> EngineKeys {
+        let live = format!("{}{{engines}}", self.prefix);
+        EngineKeys {
+            demand: format!("{live}:demand"),
+            claims: format!("{live}:claims"),
+            live,
+        }
+    }
+
     /// The set of loaded SKUs, walked by the background sweeper.
     pub fn registry(&self) -> String {
         format!("{}skus", self.prefix)
@@ -95,6 +117,11 @@ mod tests {
         assert_eq!(shard.hash, "fs:{tv:3}");
         for key in [&shard.deadlines, &shard.events, &shard.moves] {
             assert!(key.starts_with("fs:{tv:3}:"), "{key}");
+        }
+        let engines = keys.engines();
+        assert_eq!(engines.live, "fs:{engines}");
+        for key in [&engines.demand, &engines.claims] {
+            assert!(key.starts_with("fs:{engines}:"), "{key}");
         }
         assert!(KeySpace::new("a{b").is_err());
         assert!(KeySpace::new("t-1:").is_ok());

@@ -26,6 +26,7 @@
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
 //! - [`topology`]: one Redis or a Redis Cluster, and the connection over either.
 //! - [`maintenance`]: the background sweeper and move recovery.
+//! - [`registry`]: the engines sharing one Redis, their heartbeats and rate shares.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
 
@@ -42,6 +43,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod reconcile;
 pub mod recovery;
+pub mod registry;
 pub mod scripts;
 pub mod settlement;
 pub mod sharding;

@@ -1,8 +1,8 @@
 //! Prometheus metrics of the service, in one registry.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets, in seconds: 50 µs to 1 s.
@@ -19,11 +19,11 @@ pub struct Metrics {
     /// Request latency by route, method and outcome.
     pub request_seconds: HistogramVec,
     /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window,
-    /// suspended).
+    /// suspended, unregistered).
     pub refusals: IntCounterVec,
     /// The refusal counters resolved once (a label lookup per refusal costs a hash and a
     /// lock on the path that sheds load).
-    refusal_by_reason: [(&'static str, IntCounter); 5],
+    refusal_by_reason: [(&'static str, IntCounter); 6],
     /// Latency of the store's Redis calls, by operation.
     pub redis_seconds: HistogramVec,
     /// Requests with Redis calls in flight.
@@ -47,6 +47,20 @@ pub struct Metrics {
     pub audit_drifts: IntCounterVec,
     /// Repairs run by this engine, by outcome (`repaired`, `clean`, `skipped`, `failed`).
     pub repairs: IntCounterVec,
+    /// Live engines in the registry at the last heartbeat, this one included.
+    pub engines_live: IntGauge,
+    /// This engine's share of the global rate (0 to 1).
+    pub rate_share_global: Gauge,
+    /// This engine's share of a SKU's rate (0 to 1): `sku="*"` for every SKU without a
+    /// share of its own, else the SKU.
+    pub rate_share_sku: GaugeVec,
+    /// Heartbeats that failed.
+    pub heartbeat_failures: IntCounter,
+    /// SKUs swept by the background pass (a script call per shard), by outcome: `expired`
+    /// (some hold expired) or `idle`.
+    pub sweep_calls: IntCounterVec,
+    /// SKU sweeps the background pass left to the SKU's owner (another engine).
+    pub sweep_deferred: IntCounter,
 }
 
 impl Metrics {
@@ -143,6 +157,45 @@ impl Metrics {
         for outcome in ["repaired", "clean", "skipped", "failed"] {
             repairs.with_label_values(&[outcome]);
         }
+        let engines_live = IntGauge::new(
+            "flashsale_engines_live",
+            "Live engines in the registry at the last heartbeat, this one included",
+        )
+        .expect("valid metric");
+        let rate_share_global = Gauge::new(
+            "flashsale_rate_share_global",
+            "This engine's share of the global rate",
+        )
+        .expect("valid metric");
+        rate_share_global.set(1.0);
+        let rate_share_sku = GaugeVec::new(
+            Opts::new(
+                "flashsale_rate_share_sku",
+                "This engine's share of a SKU's rate (sku=\"*\": SKUs without a share of their own)",
+            ),
+            &["sku"],
+        )
+        .expect("valid metric");
+        rate_share_sku.with_label_values(&["*"]).set(1.0);
+        let heartbeat_failures = counter(
+            "flashsale_heartbeat_failures_total",
+            "Registry heartbeats that failed",
+        );
+        let sweep_calls = IntCounterVec::new(
+            Opts::new(
+                "flashsale_sweep_calls_total",
+                "SKUs swept by the background pass, by outcome (expired, idle)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["expired", "idle"] {
+            sweep_calls.with_label_values(&[outcome]);
+        }
+        let sweep_deferred = counter(
+            "flashsale_sweep_deferred_total",
+            "SKU sweeps left to the SKU's owner engine",
+        );
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -158,11 +211,24 @@ impl Metrics {
             Box::new(reconciler_errors.clone()),
             Box::new(audit_drifts.clone()),
             Box::new(repairs.clone()),
+            Box::new(engines_live.clone()),
+            Box::new(rate_share_global.clone()),
+            Box::new(rate_share_sku.clone()),
+            Box::new(heartbeat_failures.clone()),
+            Box::new(sweep_calls.clone()),
+            Box::new(sweep_deferred.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
-        let refusal_by_reason = ["rate", "sold_out_flag", "window", "in_flight", "suspended"]
-            .map(|reason| (reason, refusals.with_label_values(&[reason])));
+        let refusal_by_reason = [
+            "rate",
+            "sold_out_flag",
+            "window",
+            "in_flight",
+            "suspended",
+            "unregistered",
+        ]
+        .map(|reason| (reason, refusals.with_label_values(&[reason])));
         Self {
             registry,
             refusal_by_reason,
@@ -180,6 +246,12 @@ impl Metrics {
             reconciler_errors,
             audit_drifts,
             repairs,
+            engines_live,
+            rate_share_global,
+            rate_share_sku,
+            heartbeat_failures,
+            sweep_calls,
+            sweep_deferred,
         }
     }
 

@@ -51,6 +51,11 @@ pub struct Scripts {
     pub take_lease: Script,
     /// `lua/release_lease.lua`: gives up a SKU's repair lease (no prelude).
     pub release_lease: Script,
+    /// `lua/heartbeat.lua`: renews an engine's registry entry and grants its claims (no
+    /// prelude).
+    pub heartbeat: Script,
+    /// `lua/leave.lua`: removes an engine's registry entry (no prelude).
+    pub leave: Script,
 }
 
 impl Scripts {
@@ -71,6 +76,8 @@ impl Scripts {
             unfence_shard: with_prelude!("unfence_shard.lua"),
             take_lease: alone!("take_lease.lua"),
             release_lease: alone!("release_lease.lua"),
+            heartbeat: alone!("heartbeat.lua"),
+            leave: alone!("leave.lua"),
         }
     }
 }

@@ -175,7 +175,7 @@ impl ApiError {
         let unanswered = matches!(
             self,
             Self::Store(StoreError::Redis(_) | StoreError::Contended)
-                | Self::Refused(Refusal::Overloaded | Refusal::Suspended)
+                | Self::Refused(Refusal::Overloaded | Refusal::Suspended | Refusal::Unregistered)
         );
         if unanswered {
             Self::ReserveUnanswered(Box::new(self))
@@ -232,7 +232,7 @@ impl ApiError {
                 Refusal::SoldOut => (S::CONFLICT, "sold_out", "Sold out", None),
                 Refusal::NotStarted => (S::CONFLICT, "sale_not_started", "Sale not started", None),
                 Refusal::Ended => (S::CONFLICT, "sale_ended", "Sale ended", None),
-                Refusal::Overloaded | Refusal::Suspended => (
+                Refusal::Overloaded | Refusal::Suspended | Refusal::Unregistered => (
                     S::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "Service unavailable",
@@ -284,6 +284,9 @@ impl ApiError {
                 "redis restarted; the engine is checking it against the ledger; retry shortly"
                     .into()
             }
+            Self::Refused(Refusal::Unregistered) => {
+                "the engine cannot renew its share of the rate with Redis; retry shortly".into()
+            }
             Self::Refused(Refusal::SoldOut) => StoreError::SoldOut.to_string(),
             Self::Refused(Refusal::NotStarted) => StoreError::NotStarted.to_string(),
             Self::Refused(Refusal::Ended) => StoreError::Ended.to_string(),
@@ -313,7 +316,7 @@ impl Refusal {
             Self::SoldOut => "sold_out",
             Self::NotStarted => "sale_not_started",
             Self::Ended => "sale_ended",
-            Self::Overloaded | Self::Suspended => "unavailable",
+            Self::Overloaded | Self::Suspended | Self::Unregistered => "unavailable",
         }
     }
 }
@@ -353,7 +356,7 @@ fn problem_body(parts: &Parts) -> Bytes {
 }
 
 /// The refusals from memory, in the order of their cached bodies.
-const REFUSALS: [Refusal; 6] = [
+const REFUSALS: [Refusal; 7] = [
     Refusal::RateLimited {
         retry_after: Duration::ZERO,
     },
@@ -362,6 +365,7 @@ const REFUSALS: [Refusal; 6] = [
     Refusal::Ended,
     Refusal::Overloaded,
     Refusal::Suspended,
+    Refusal::Unregistered,
 ];
 
 fn refusal_index(refusal: Refusal) -> usize {
@@ -372,13 +376,14 @@ fn refusal_index(refusal: Refusal) -> usize {
         Refusal::Ended => 3,
         Refusal::Overloaded => 4,
         Refusal::Suspended => 5,
+        Refusal::Unregistered => 6,
     }
 }
 
 /// The bodies of refusals from memory, built once: they are constant (a wait goes in a
 /// header), and once a SKU is sold out, or the engine overloaded, they are most of what the
 /// service answers. The first row as any route answers them, the second as a reserve does.
-static REFUSAL_BODIES: LazyLock<[[Bytes; 6]; 2]> = LazyLock::new(|| {
+static REFUSAL_BODIES: LazyLock<[[Bytes; 7]; 2]> = LazyLock::new(|| {
     [
         REFUSALS.map(|refusal| problem_body(&ApiError::Refused(refusal).parts())),
         REFUSALS.map(|refusal| problem_body(&ApiError::Refused(refusal).on_reserve().parts())),

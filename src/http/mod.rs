@@ -41,6 +41,7 @@ use crate::config::ServeConfig;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::recovery::identity;
+use crate::registry::Registry;
 use crate::settlement::{self, SettlementOptions};
 use crate::store::Store;
 use crate::{gates, maintenance};
@@ -66,6 +67,8 @@ pub struct AppState {
     pub openapi: Arc<serde_json::Value>,
     /// The ledger, once its database has answered (never, without a database URL).
     pub ledger: Arc<OnceCell<Ledger>>,
+    /// This engine's entry in the engine registry, and its shares of the rates.
+    pub registry: Arc<Registry>,
 }
 
 impl AppState {
@@ -286,13 +289,24 @@ impl Application {
         for sku in store.skus().await? {
             admission.know(&*store.config(&sku).await?);
         }
+        let metrics = Arc::new(Metrics::new());
+        // Joined before serving, so that the first request is admitted at this engine's share.
+        let registry = Registry::join(
+            store.clone(),
+            admission.clone(),
+            metrics.clone(),
+            config.registry(),
+        )
+        .await
+        .with_context(|| unreachable_redis(&target))?;
         let state = AppState {
             store: store.clone(),
             admission: admission.clone(),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             admin_token: config.admin_token.as_deref().map(Arc::from),
             openapi: Arc::default(),
             ledger: Arc::default(),
+            registry,
         };
         let (stop, stopped) = watch::channel(false);
         let settlement = database_url.clone().map(|database_url| {
@@ -324,7 +338,13 @@ impl Application {
         }
         let listener = TcpListener::bind(config.listen).await?;
         let background = vec![
-            maintenance::spawn(store.clone(), config.sweep_interval()),
+            state.registry.spawn(),
+            maintenance::spawn_shared(
+                store.clone(),
+                config.sweep_interval(),
+                state.registry.clone(),
+                state.metrics.clone(),
+            ),
             gates::spawn(store, admission, config.sold_out_poll(), trust),
         ];
         Ok(Self {
@@ -360,6 +380,10 @@ impl Application {
             .await;
         for task in self.background {
             task.abort();
+        }
+        // Every request is answered: the others may take this engine's share now.
+        if let Err(error) = self.state.registry.leave().await {
+            tracing::warn!(%error, "could not leave the engine registry");
         }
         // The reconciler finishes the batch it is settling; a stuck one is not waited for.
         let _ = self.stop.send(true);
