@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use flashsale::topology::RedisTarget;
 use flashsale_testkit::LocalClusterOptions;
 
 use crate::baseline::{serve_naive, serve_pg_hotrow};
@@ -81,9 +82,13 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 1500)]
     pub hold_ms: u64,
     /// Use this Redis instead of starting a private one (the demo writes under a fresh
-    /// key prefix and deletes nothing).
-    #[arg(long, env = "FLASHSALE_DEMO_REDIS_URL")]
-    pub redis_url: Option<String>,
+    /// key prefix and deletes nothing): one URL, or several (repeated or comma-separated)
+    /// for the seeds of a Redis Cluster, as `flashsale serve --redis-url` takes them.
+    #[arg(long, env = "FLASHSALE_DEMO_REDIS_URL", value_delimiter = ',')]
+    pub redis_url: Vec<String>,
+    /// The one `--redis-url` is a node of a Redis Cluster.
+    #[arg(long, requires = "redis_url")]
+    pub redis_cluster: bool,
 }
 
 /// `serve`'s flags.
@@ -357,13 +362,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
         }
         Command::Demo(args) => {
+            let redis = (!args.redis_url.is_empty())
+                .then(|| RedisTarget::parse(&args.redis_url, args.redis_cluster))
+                .transpose()?;
             let report = demo::run(&DemoOptions {
                 stock: args.stock,
                 shards: Some(args.shards),
                 users: args.users,
                 concurrency: args.concurrency,
                 hold: Duration::from_millis(args.hold_ms),
-                redis_url: args.redis_url,
+                redis,
             })
             .await?;
             println!("{report}");

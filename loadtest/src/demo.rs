@@ -20,6 +20,7 @@ use flashsale::maintenance;
 use flashsale::store::{
     HoldState, ReserveRequest, SkuSpec, Store, StoreError, StoreOptions, Totals,
 };
+use flashsale::topology::RedisTarget;
 use flashsale_testkit::LocalRedis;
 
 /// What to run.
@@ -35,8 +36,8 @@ pub struct DemoOptions {
     pub concurrency: usize,
     /// How long a hold lasts.
     pub hold: Duration,
-    /// A Redis to use instead of starting a private one.
-    pub redis_url: Option<String>,
+    /// A Redis (or cluster) to use instead of starting a private Redis.
+    pub redis: Option<RedisTarget>,
 }
 
 impl Default for DemoOptions {
@@ -47,7 +48,7 @@ impl Default for DemoOptions {
             users: 5_000,
             concurrency: 64,
             hold: Duration::from_millis(1500),
-            redis_url: None,
+            redis: None,
         }
     }
 }
@@ -85,15 +86,15 @@ pub struct DemoReport {
 
 /// Runs the demo sale.
 pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
-    let (_redis, url) = match &options.redis_url {
-        Some(url) => (None, url.clone()),
+    let (_redis, target) = match &options.redis {
+        Some(target) => (None, target.clone()),
         None => {
             let redis = LocalRedis::start()?;
-            let url = redis.url();
-            (Some(redis), url)
+            let target = RedisTarget::from(redis.url());
+            (Some(redis), target)
         }
     };
-    let mut store_options = StoreOptions::new(url);
+    let mut store_options = StoreOptions::new(target);
     store_options.prefix = format!("demo-{}:", random_token());
     let store = Store::connect(&store_options).await?;
     let sku = Sku::new("demo-phone")?;
