@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::client::{put_json, Call, Target};
 use crate::run::{offer, saturate};
-use crate::spawn::{wait_healthy, Spawned};
+use crate::spawn::{wait_healthy, SpawnOptions, Spawned};
 use crate::stats::{Percentiles, Recorder};
 
 /// How long and how hard to measure.
@@ -187,8 +187,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     .collect();
 
     eprintln!("engine (flashsale serve, private Redis, SQLite ledger)");
-    let engine = Spawned::start(&no_limits).await?;
-    let target = Target::parse(&engine.base)?;
+    let engine = Spawned::start(&SpawnOptions::single(&no_limits)).await?;
+    let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
     put_json(
         &target,
@@ -197,7 +197,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         &json!({ "stock": 1 }),
     )
     .await?;
-    let (usec_before, calls_before) = engine.redis.script_stats();
+    let before = engine.redis.script_stats()?;
     let reserve = measure(
         "engine POST /v1/reservations",
         &target,
@@ -205,7 +205,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         reserve_call("bench"),
     )
     .await?;
-    let (usec_after, calls_after) = engine.redis.script_stats();
+    let scripts = engine.redis.script_stats()?.since(before);
     let made = reserve.outcomes.get("held").copied().unwrap_or(0).max(1) as f64;
     // The warm-up made reservations too: count them by the SKU's own figures.
     let sku_view = crate::client::Connection::open(&target)
@@ -215,8 +215,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         })
         .await?;
     let reservations = sku_view["held"].as_f64().unwrap_or(made).max(1.0);
-    let redis_us = (usec_after - usec_before) as f64 / reservations;
-    let calls_per = (calls_after - calls_before) as f64 / reservations;
+    let redis_us = scripts.usec as f64 / reservations;
+    let calls_per = scripts.calls as f64 / reservations;
     measurements.push(reserve);
     measurements.push(
         measure(
@@ -246,8 +246,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     eprintln!("engine with its reconciler paused (events wait in the streams; settled after)");
     let mut paused_args = no_limits.clone();
     paused_args.push("--no-reconcile".into());
-    let engine = Spawned::start(&paused_args).await?;
-    let target = Target::parse(&engine.base)?;
+    let engine = Spawned::start(&SpawnOptions::single(&paused_args)).await?;
+    let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
     measurements.push(
         measure(
@@ -303,8 +303,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         "--audit-interval-s".into(),
         "0".into(),
     ];
-    let engine = Spawned::start(&limits).await?;
-    let target = Target::parse(&engine.base)?;
+    let engine = Spawned::start(&SpawnOptions::single(&limits)).await?;
+    let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
     let offered = peak * 5.0;
     let (recorder, service, elapsed) = offer(

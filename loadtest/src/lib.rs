@@ -14,7 +14,8 @@
 //! - [`cli`]: the command's flags; every scenario field is one.
 //! - [`private_redis`]: the private Redis or Redis Cluster of a run, measured master by
 //!   master; [`cpu`]: a process's CPU time from `/proc`.
-//! - [`spawn`], [`sale`]: `--spawn` (a private Redis and engine) and one whole sale.
+//! - [`spawn`], [`sale`]: `--spawn` (a private Redis or cluster and one or more engines)
+//!   and one whole sale.
 //! - [`serve`]: the engine over a private Redis or Redis Cluster, in the foreground.
 //! - [`compare`]: the engine beside its alternatives, in one run.
 //! - [`demo`]: a sale on the store directly, without HTTP (`flashsale-loadtest demo`).
