@@ -300,6 +300,16 @@ mod tests {
             text.contains("topology: Redis Cluster of 3 masters"),
             "{text}"
         );
+        let one = Topology {
+            replicas: 1,
+            engines: 1,
+            ..report.topology.clone().unwrap()
+        };
+        assert!(
+            one.to_string()
+                .starts_with("Redis Cluster of 3 masters (1 replica each), 1 engine;"),
+            "{one}"
+        );
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["topology"]["engines"], 2);
         assert_eq!(json["topology"]["shards_per_master"]["127.0.0.1:7002"], 2);

@@ -95,11 +95,18 @@ pub struct Topology {
 impl fmt::Display for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.redis {
-            "cluster" => write!(
-                f,
-                "Redis Cluster of {} masters ({} replicas each)",
-                self.masters, self.replicas
-            )?,
+            "cluster" => {
+                let replicas = if self.replicas == 1 {
+                    "replica"
+                } else {
+                    "replicas"
+                };
+                write!(
+                    f,
+                    "Redis Cluster of {} masters ({} {replicas} each)",
+                    self.masters, self.replicas
+                )?
+            }
             _ => f.write_str("one Redis")?,
         }
         let plural = if self.engines == 1 { "" } else { "s" };
