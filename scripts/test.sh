@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite. Every test starts the real servers it needs (redis-server on a free
 # port in a temporary directory, a Redis Cluster of such servers, PostgreSQL with
-# initdb/pg_ctl, schemathesis from PyPI) and stops them. Then a short sale through the load harness, with all its invariant checks.
+# initdb/pg_ctl, schemathesis from PyPI) and stops them. Then a short sale through the load
+# harness, with all its invariant checks, on one Redis and again on a Redis Cluster through
+# two engines.
 # It reuses the build of scripts/sale.sh (one profile for both) and compiles only the tests.
 #
 # The tests' temporary files go to a directory of this run, which must be empty at the end
@@ -24,6 +26,10 @@ cargo test --workspace "$@"
 FLASHSALE_TEST_TOPOLOGY=cluster cargo test --test core "$@"
 target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml \
   --out target/loadtest-ci
+# The same sale on a 3-master Redis Cluster through two engines sharing it and the ledger:
+# ci-sale's 4 shards land on every master (1, 2 and 1 of them), every invariant checked.
+target/debug/flashsale-loadtest run --spawn --cluster-masters 3 --engines 2 --quiet \
+  --config loadtest/scenarios/ci.toml --out target/loadtest-ci-cluster
 
 left=$(ls -A "$scratch")
 if [[ -n "$left" ]]; then

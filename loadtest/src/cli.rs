@@ -16,6 +16,7 @@ use crate::demo::{self, DemoOptions};
 use crate::sale::{run_sale, Setup};
 use crate::scenario::{Profile, Scenario};
 use crate::serve::{serve, ServeOptions};
+use crate::spawn::SpawnOptions;
 
 /// Replays a flash sale against the flashsale API and checks that it ended right.
 #[derive(Debug, Parser)]
@@ -158,6 +159,35 @@ pub struct RunArgs {
     /// Start a private Redis and the engine for this run.
     #[arg(long, conflicts_with_all = ["target", "redis_url", "database_url"])]
     pub spawn: bool,
+    /// With --spawn: a Redis Cluster of this many masters (at least 3) instead of one Redis;
+    /// every engine gets the masters as seeds and --redis-cluster.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "spawn",
+        conflicts_with = "target",
+        value_parser = clap::value_parser!(u16).range(3..)
+    )]
+    pub cluster_masters: Option<u16>,
+    /// With --cluster-masters: replicas per master, 0 to 2.
+    #[arg(
+        long,
+        value_name = "R",
+        requires = "cluster_masters",
+        conflicts_with = "target",
+        value_parser = clap::value_parser!(u16).range(0..=2)
+    )]
+    pub replicas: Option<u16>,
+    /// With --spawn: this many `flashsale serve` processes (1 to 8) sharing the Redis, the key
+    /// prefix and the ledger; worker connection i goes to engine i mod this.
+    #[arg(
+        long,
+        value_name = "M",
+        requires = "spawn",
+        conflicts_with = "target",
+        value_parser = clap::value_parser!(u16).range(1..=8)
+    )]
+    pub engines: Option<u16>,
     /// The engine's base URL (without --spawn).
     #[arg(long, env = "FLASHSALE_TARGET", required_unless_present = "spawn")]
     pub target: Option<String>,
@@ -169,7 +199,8 @@ pub struct RunArgs {
         required_unless_present = "spawn"
     )]
     pub admin_token: Option<String>,
-    /// The engine's Redis, to check invariants there too (without --spawn).
+    /// The engine's Redis, to check invariants there too (without --spawn); several URLs,
+    /// comma-separated, are a Redis Cluster's seeds.
     #[arg(long)]
     pub redis_url: Option<String>,
     /// The engine's key prefix.
@@ -321,13 +352,19 @@ impl RunArgs {
     /// Where the engine is and where the outputs go.
     pub fn setup(&self) -> Setup {
         Setup {
-            spawn: self.spawn,
+            spawn: self.spawn.then(|| SpawnOptions {
+                cluster: self.cluster_masters.map(|masters| LocalClusterOptions {
+                    masters: masters.into(),
+                    replicas: self.replicas.unwrap_or(0).into(),
+                }),
+                engines: self.engines.map_or(1, usize::from),
+                engine_args: self.engine_args.clone(),
+            }),
             target: self.target.clone(),
             admin_token: self.admin_token.clone(),
             redis_url: self.redis_url.clone(),
             key_prefix: self.key_prefix.clone(),
             database_url: self.database_url.clone(),
-            engine_args: self.engine_args.clone(),
             out: self.out.clone(),
             progress: !self.quiet,
         }
@@ -519,6 +556,119 @@ mod tests {
         ]);
         assert!(stray.is_err(), "--engine-arg needs --spawn");
         assert!(run_args(&["--spawn", "--rate", "1", "--peak", "2"]).is_err());
+    }
+
+    #[test]
+    fn spawn_takes_a_cluster_and_several_engines() {
+        let plain = run_args(&["--spawn"]).unwrap().setup();
+        assert_eq!(plain.spawn, Some(SpawnOptions::default()));
+        assert_eq!(SpawnOptions::default().engines, 1);
+        assert_eq!(SpawnOptions::default().cluster, None);
+        let shaped = run_args(&[
+            "--spawn",
+            "--cluster-masters",
+            "3",
+            "--replicas",
+            "2",
+            "--engines",
+            "8",
+            "--engine-arg=--rate-sku",
+            "--engine-arg=0",
+        ])
+        .unwrap()
+        .setup();
+        assert_eq!(
+            shaped.spawn,
+            Some(SpawnOptions {
+                cluster: Some(LocalClusterOptions {
+                    masters: 3,
+                    replicas: 2
+                }),
+                engines: 8,
+                engine_args: vec!["--rate-sku".into(), "0".into()],
+            })
+        );
+        let bare = run_args(&["--spawn", "--cluster-masters", "5"])
+            .unwrap()
+            .setup();
+        assert_eq!(
+            bare.spawn.map(|s| (s.cluster, s.engines)),
+            Some((
+                Some(LocalClusterOptions {
+                    masters: 5,
+                    replicas: 0
+                }),
+                1
+            ))
+        );
+        let two = run_args(&["--spawn", "--engines", "2"]).unwrap().setup();
+        assert_eq!(two.spawn.map(|s| (s.cluster, s.engines)), Some((None, 2)));
+        let target = run_args(&["--target", "http://127.0.0.1:1", "--admin-token", "t"]);
+        assert_eq!(target.unwrap().setup().spawn, None);
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_naming_the_flag_and_its_bounds() {
+        use clap::error::ErrorKind;
+        let refused = |args: &[&str], kind: ErrorKind, says: &[&str]| {
+            let error = run_args(args).expect_err(&format!("{args:?} accepted"));
+            assert_eq!(error.kind(), kind, "{args:?}: {error}");
+            let text = error.to_string();
+            for words in says {
+                assert!(text.contains(words), "{args:?}: {text}");
+            }
+        };
+        let value = ErrorKind::ValueValidation;
+        refused(
+            &["--spawn", "--cluster-masters", "2"],
+            value,
+            &["--cluster-masters", "2 is not in 3.."],
+        );
+        refused(
+            &["--spawn", "--cluster-masters", "0"],
+            value,
+            &["--cluster-masters"],
+        );
+        refused(
+            &["--spawn", "--cluster-masters", "3", "--replicas", "3"],
+            value,
+            &["--replicas", "3 is not in 0..=2"],
+        );
+        refused(
+            &["--spawn", "--engines", "0"],
+            value,
+            &["--engines", "0 is not in 1..=8"],
+        );
+        refused(
+            &["--spawn", "--engines", "9"],
+            value,
+            &["--engines", "9 is not in 1..=8"],
+        );
+        refused(&["--spawn", "--engines", "two"], value, &["--engines"]);
+        // Replicas need a cluster; a cluster and engines need --spawn, and say so beside a
+        // running engine's --target.
+        let missing = ErrorKind::MissingRequiredArgument;
+        refused(
+            &["--spawn", "--replicas", "1"],
+            missing,
+            &["--cluster-masters"],
+        );
+        let elsewhere = ["--target", "http://127.0.0.1:1", "--admin-token", "t"];
+        for (flag, value) in [("--cluster-masters", "3"), ("--engines", "2")] {
+            refused(&[flag, value], missing, &["--spawn"]);
+            let args: Vec<&str> = elsewhere.iter().copied().chain([flag, value]).collect();
+            refused(&args, ErrorKind::ArgumentConflict, &["--target", flag]);
+        }
+        let args: Vec<&str> = elsewhere
+            .iter()
+            .copied()
+            .chain(["--replicas", "1"])
+            .collect();
+        refused(
+            &args,
+            ErrorKind::ArgumentConflict,
+            &["--target", "--replicas"],
+        );
     }
 
     fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {

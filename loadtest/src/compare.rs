@@ -11,14 +11,29 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashsale_testkit::{free_port, LocalPostgres, LocalRedis};
+use flashsale::ids::Sku;
+use flashsale::keys::KeySpace;
+use flashsale_testkit::{free_port, LocalCluster, LocalClusterOptions, LocalPostgres, LocalRedis};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::client::{put_json, Call, Target};
+use crate::client::{put_json, Call, Connection, Target};
+use crate::cpu::{CpuMeter, CpuPer};
+use crate::private_redis::ScriptStats;
 use crate::run::{offer, saturate};
-use crate::spawn::{wait_healthy, Spawned};
+use crate::spawn::{wait_healthy, SpawnOptions, Spawned};
 use crate::stats::{Percentiles, Recorder};
+
+/// Masters of the cluster row.
+const CLUSTER_MASTERS: usize = 3;
+
+/// Shards of the hot SKU in the cluster row: a multiple of the masters, so that they can
+/// hold three each (8, as in the single-Redis row, would leave one master a third less).
+const CLUSTER_SHARDS: u16 = 9;
+
+/// How far above its fair share (1/N of the Redis CPU) a master may go, in points of the
+/// total, for the load to count as spread.
+const SPREAD_SLACK: f64 = 0.10;
 
 /// How long and how hard to measure.
 #[derive(Debug, Clone)]
@@ -85,11 +100,69 @@ pub struct Verdict {
     pub met: bool,
 }
 
+/// What a reserve row cost the servers: CPU time (user + system, `/proc/<pid>/stat`) from
+/// before its warm-up to the end of the row, over the reservations made.
+#[derive(Debug, Clone, Serialize)]
+pub struct RowCost {
+    /// Reservations made (the warm-up's included).
+    pub reservations: u64,
+    /// Engine CPU, µs per reservation.
+    pub engine_cpu_us: f64,
+    /// Redis CPU, µs per reservation, in all and per master.
+    pub redis_cpu: CpuPer,
+    /// Redis time inside scripts (`INFO commandstats`, summed over the masters), µs per
+    /// reservation.
+    pub redis_script_us: f64,
+    /// Script calls (coalescing makes them fewer than the reservations).
+    pub script_calls: u64,
+}
+
+/// A shard slot moved before the cluster row, as an operator would with `redis-cli
+/// --cluster reshard`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Placement {
+    /// The shard.
+    pub shard: u16,
+    /// Its hash slot.
+    pub slot: u16,
+    /// The master it was on, `127.0.0.1:<port>`.
+    pub from: String,
+    /// The master it went to.
+    pub to: String,
+}
+
+/// The engine on a Redis Cluster, with the reserve load of the single-Redis row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRow {
+    /// Masters.
+    pub masters: usize,
+    /// Shards of the hot SKU.
+    pub shards: u16,
+    /// Shards per master as their hash slots put them, before any move.
+    pub shards_per_master_by_hash: BTreeMap<String, u16>,
+    /// Slots moved to even them out (none when the hash already did).
+    pub placed: Vec<Placement>,
+    /// Shards per master during the row.
+    pub shards_per_master: BTreeMap<String, u16>,
+    /// What the row cost, master by master.
+    pub cost: RowCost,
+    /// The largest share of the Redis CPU one master had.
+    pub max_share: f64,
+    /// The most a master may have for the load to count as spread: 1/N plus 10 points.
+    pub share_bound: f64,
+    /// No master above the bound.
+    pub spread: bool,
+}
+
 /// Everything the comparison measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     /// The closed-loop measurements, in order.
     pub measurements: Vec<Measurement>,
+    /// What the single-Redis reserve row cost the engine and Redis.
+    pub engine_cost: RowCost,
+    /// The engine on a 3-master cluster (also a row of `measurements`).
+    pub cluster: ClusterRow,
     /// Redis script time per reservation made by the engine, µs.
     pub redis_us_per_reservation: f64,
     /// Script calls per reservation (coalescing makes it below 1).
@@ -168,10 +241,193 @@ fn verdict(target: &str, measured: String, met: bool) -> Verdict {
     }
 }
 
+/// The SKU every reserve row sells.
+const BENCH_SKU: &str = "bench";
+
+/// A SKU that never runs out (1e9 units, holds of an hour) over `shards`.
+fn huge_sku(shards: u16) -> serde_json::Value {
+    json!({ "stock": 1_000_000_000u64, "shards": shards, "hold_seconds": 3600 })
+}
+
+/// What a reserve row is measured by, started before its warm-up.
+struct RowMeters {
+    /// The engine process.
+    engine: CpuMeter,
+    /// Every master.
+    redis: CpuMeter,
+    /// Script counters, summed over the masters.
+    scripts: ScriptStats,
+}
+
+impl RowMeters {
+    fn start(engine: &Spawned) -> anyhow::Result<Self> {
+        let masters = engine.redis.masters()?;
+        Ok(Self {
+            engine: CpuMeter::start(vec![engine.engines[0].watched(0)])?,
+            redis: CpuMeter::start(masters.iter().map(|m| m.watched()).collect())?,
+            scripts: engine.redis.script_stats()?,
+        })
+    }
+
+    /// What the row cost `engine` and its Redis since the start, over `reservations`.
+    fn cost(&self, engine: &Spawned, reservations: u64) -> anyhow::Result<RowCost> {
+        let engine_cpu = CpuPer::of(&self.engine.used()?, reservations);
+        let scripts = engine.redis.script_stats()?.since(self.scripts);
+        Ok(RowCost {
+            reservations,
+            engine_cpu_us: engine_cpu.total_us,
+            redis_cpu: CpuPer::of(&self.redis.used()?, reservations),
+            redis_script_us: scripts.usec as f64 / reservations as f64,
+            script_calls: scripts.calls,
+        })
+    }
+}
+
+/// Reserves made of `sku` so far, by the SKU's own figures (the warm-up made some too).
+async fn reservations_of(target: &Target, sku: &str) -> anyhow::Result<u64> {
+    let view = Connection::open(target)
+        .await?
+        .json(&Call::Get {
+            path: format!("/v1/skus/{sku}"),
+        })
+        .await?;
+    Ok(view["held"].as_u64().unwrap_or(0).max(1))
+}
+
+/// Shards of `sku` per master, by `127.0.0.1:<port>` (every master listed).
+pub fn shards_by_master(
+    cluster: &LocalCluster,
+    keys: &KeySpace,
+    sku: &Sku,
+    shards: u16,
+) -> anyhow::Result<BTreeMap<String, Vec<u16>>> {
+    let mut by_master: BTreeMap<String, Vec<u16>> = cluster
+        .masters()?
+        .iter()
+        .map(|m| (format!("127.0.0.1:{}", m.port), Vec::new()))
+        .collect();
+    for shard in 0..shards {
+        let owner = cluster.master_of(&keys.shard(sku, shard).hash)?;
+        by_master
+            .entry(format!("127.0.0.1:{}", owner.port))
+            .or_default()
+            .push(shard);
+    }
+    Ok(by_master)
+}
+
+fn counts(by_master: &BTreeMap<String, Vec<u16>>) -> BTreeMap<String, u16> {
+    by_master
+        .iter()
+        .map(|(m, shards)| (m.clone(), shards.len() as u16))
+        .collect()
+}
+
+/// Moves shard slots from the master with the most shards to the one with the fewest until
+/// no two differ by more than one, as an operator would before a sale; returns the moves.
+pub fn place_evenly(
+    cluster: &LocalCluster,
+    keys: &KeySpace,
+    sku: &Sku,
+    shards: u16,
+) -> anyhow::Result<Vec<Placement>> {
+    let mut placed = Vec::new();
+    // Each move takes one shard off the fullest master; two shards sharing a slot move
+    // together, so the bound only stops a loop that could not converge.
+    for _ in 0..2 * usize::from(shards) {
+        let by_master = shards_by_master(cluster, keys, sku, shards)?;
+        let fullest = by_master.iter().max_by_key(|(_, s)| s.len());
+        let emptiest = by_master.iter().min_by_key(|(_, s)| s.len());
+        let (Some((from, moving)), Some((to, have))) = (fullest, emptiest) else {
+            break;
+        };
+        if moving.len() <= have.len() + 1 {
+            break;
+        }
+        let shard = moving[0];
+        let port: u16 = to.rsplit(':').next().unwrap_or_default().parse()?;
+        let slot = cluster.move_slot_of(&keys.shard(sku, shard).hash, port)?;
+        placed.push(Placement {
+            shard,
+            slot,
+            from: from.clone(),
+            to: to.clone(),
+        });
+    }
+    Ok(placed)
+}
+
+/// The engine on a 3-master cluster, with the reserve load of the single-Redis row.
+async fn cluster_row(
+    options: &CompareOptions,
+    engine_args: &[String],
+) -> anyhow::Result<(Measurement, ClusterRow)> {
+    eprintln!(
+        "engine on a {CLUSTER_MASTERS}-master Redis Cluster ({CLUSTER_SHARDS} shards, the same \
+         reserve load)"
+    );
+    let engine = Spawned::start(&SpawnOptions {
+        cluster: Some(LocalClusterOptions {
+            masters: CLUSTER_MASTERS,
+            replicas: 0,
+        }),
+        engines: 1,
+        engine_args: engine_args.to_vec(),
+    })
+    .await?;
+    let cluster = engine
+        .redis
+        .cluster()
+        .ok_or_else(|| anyhow::anyhow!("the cluster row started no cluster"))?;
+    let keys = KeySpace::new(&engine.prefix)?;
+    let sku: Sku = BENCH_SKU.parse()?;
+    let by_hash = counts(&shards_by_master(cluster, &keys, &sku, CLUSTER_SHARDS)?);
+    let placed = place_evenly(cluster, &keys, &sku, CLUSTER_SHARDS)?;
+    for p in &placed {
+        eprintln!(
+            "  placed shard {} (slot {}) from {} on {}",
+            p.shard, p.slot, p.from, p.to
+        );
+    }
+    let shards_per_master = counts(&shards_by_master(cluster, &keys, &sku, CLUSTER_SHARDS)?);
+    let target = engine.engines[0].target.clone();
+    put_json(
+        &target,
+        &format!("/v1/skus/{BENCH_SKU}"),
+        &engine.admin_token,
+        &huge_sku(CLUSTER_SHARDS),
+    )
+    .await?;
+    let meters = RowMeters::start(&engine)?;
+    let measurement = measure(
+        &format!("engine POST /v1/reservations, {CLUSTER_MASTERS}-master cluster"),
+        &target,
+        options,
+        reserve_call(BENCH_SKU),
+    )
+    .await?;
+    let reservations = reservations_of(&target, BENCH_SKU).await?;
+    let cost = meters.cost(&engine, reservations)?;
+    let max_share = cost.redis_cpu.max_share();
+    let share_bound = 1.0 / CLUSTER_MASTERS as f64 + SPREAD_SLACK;
+    let row = ClusterRow {
+        masters: CLUSTER_MASTERS,
+        shards: CLUSTER_SHARDS,
+        shards_per_master_by_hash: by_hash,
+        placed,
+        shards_per_master,
+        max_share,
+        share_bound,
+        spread: max_share <= share_bound,
+        cost,
+    };
+    Ok((measurement, row))
+}
+
 /// Runs every measurement.
 pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     let mut measurements = Vec::new();
-    let huge = json!({ "stock": 1_000_000_000u64, "shards": 8, "hold_seconds": 3600 });
+    let huge = huge_sku(8);
     let no_limits: Vec<String> = [
         "--rate-global",
         "0",
@@ -187,8 +443,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     .collect();
 
     eprintln!("engine (flashsale serve, private Redis, SQLite ledger)");
-    let engine = Spawned::start(&no_limits).await?;
-    let target = Target::parse(&engine.base)?;
+    let engine = Spawned::start(&SpawnOptions::single(&no_limits)).await?;
+    let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
     put_json(
         &target,
@@ -197,26 +453,19 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         &json!({ "stock": 1 }),
     )
     .await?;
-    let (usec_before, calls_before) = engine.redis.script_stats();
+    let meters = RowMeters::start(&engine)?;
     let reserve = measure(
         "engine POST /v1/reservations",
         &target,
         options,
-        reserve_call("bench"),
+        reserve_call(BENCH_SKU),
     )
     .await?;
-    let (usec_after, calls_after) = engine.redis.script_stats();
-    let made = reserve.outcomes.get("held").copied().unwrap_or(0).max(1) as f64;
     // The warm-up made reservations too: count them by the SKU's own figures.
-    let sku_view = crate::client::Connection::open(&target)
-        .await?
-        .json(&Call::Get {
-            path: "/v1/skus/bench".into(),
-        })
-        .await?;
-    let reservations = sku_view["held"].as_f64().unwrap_or(made).max(1.0);
-    let redis_us = (usec_after - usec_before) as f64 / reservations;
-    let calls_per = (calls_after - calls_before) as f64 / reservations;
+    let reservations = reservations_of(&target, BENCH_SKU).await?;
+    let engine_cost = meters.cost(&engine, reservations)?;
+    let redis_us = engine_cost.redis_script_us;
+    let calls_per = engine_cost.script_calls as f64 / reservations as f64;
     measurements.push(reserve);
     measurements.push(
         measure(
@@ -246,19 +495,22 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     eprintln!("engine with its reconciler paused (events wait in the streams; settled after)");
     let mut paused_args = no_limits.clone();
     paused_args.push("--no-reconcile".into());
-    let engine = Spawned::start(&paused_args).await?;
-    let target = Target::parse(&engine.base)?;
+    let engine = Spawned::start(&SpawnOptions::single(&paused_args)).await?;
+    let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
     measurements.push(
         measure(
             "engine POST /v1/reservations, reconciler paused",
             &target,
             options,
-            reserve_call("bench"),
+            reserve_call(BENCH_SKU),
         )
         .await?,
     );
     drop(engine);
+
+    let (cluster_measurement, cluster) = cluster_row(options, &no_limits).await?;
+    measurements.push(cluster_measurement);
 
     eprintln!("naive baseline (pooled checkout per request, one unsharded DECRBY script)");
     let naive_redis = LocalRedis::start()?;
@@ -270,7 +522,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
             "naive baseline POST /v1/reservations",
             &naive_target,
             options,
-            reserve_call("bench"),
+            reserve_call(BENCH_SKU),
         )
         .await?,
     );
@@ -287,7 +539,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
             "PostgreSQL hot-row baseline POST /v1/reservations",
             &pg_target,
             options,
-            reserve_call("bench"),
+            reserve_call(BENCH_SKU),
         )
         .await?,
     );
@@ -303,8 +555,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         "--audit-interval-s".into(),
         "0".into(),
     ];
-    let engine = Spawned::start(&limits).await?;
-    let target = Target::parse(&engine.base)?;
+    let engine = Spawned::start(&SpawnOptions::single(&limits)).await?;
+    let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
     let offered = peak * 5.0;
     let (recorder, service, elapsed) = offer(
@@ -313,7 +565,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         Duration::from_secs(options.seconds),
         options.connections * 4,
         Duration::from_secs(5),
-        reserve_call("bench"),
+        reserve_call(BENCH_SKU),
     )
     .await?;
     drop(engine);
@@ -338,13 +590,14 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         outcomes: recorder.outcomes(),
     };
 
-    // Rows: engine, ceiling, sold-out SKU, engine with its reconciler paused, naive, pg.
+    // Rows: engine, ceiling, sold-out SKU, engine with its reconciler paused, engine on
+    // the cluster, naive, pg.
     let (engine_rps, ceiling, sold_out) = (
         measurements[0].rps,
         measurements[1].rps,
         measurements[2].rps,
     );
-    let (naive_rps, pg_rps) = (measurements[4].rps, measurements[5].rps);
+    let (naive_rps, pg_rps) = (measurements[5].rps, measurements[6].rps);
     let verdicts = vec![
         verdict(
             "reserve >= 2x the naive baseline",
@@ -386,9 +639,23 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
             format!("{:.2} ms", overload.refused_p99_ms),
             overload.refused_p99_ms <= 1.0,
         ),
+        verdict(
+            &format!(
+                "{CLUSTER_MASTERS}-master cluster: no master above 1/{CLUSTER_MASTERS} + 10% of \
+                 Redis CPU"
+            ),
+            format!(
+                "{:.0}% at most (bound {:.0}%)",
+                cluster.max_share * 100.0,
+                cluster.share_bound * 100.0
+            ),
+            cluster.spread,
+        ),
     ];
     Ok(Comparison {
         measurements,
+        engine_cost,
+        cluster,
         redis_us_per_reservation: redis_us,
         script_calls_per_reservation: calls_per,
         overload,
@@ -438,9 +705,16 @@ impl fmt::Display for Comparison {
         writeln!(f, "  outcomes: {:?}", o.outcomes)?;
         writeln!(
             f,
-            "Redis script time per reservation: {:.2} us ({:.2} script calls per reservation)\n",
+            "Redis script time per reservation: {:.2} us ({:.2} script calls per reservation)",
             self.redis_us_per_reservation, self.script_calls_per_reservation
         )?;
+        let e = &self.engine_cost;
+        writeln!(
+            f,
+            "one Redis: engine CPU {:.2} us per reservation, Redis CPU {} ({} reservations)",
+            e.engine_cpu_us, e.redis_cpu, e.reservations
+        )?;
+        writeln!(f, "{}", self.cluster)?;
         for v in &self.verdicts {
             writeln!(
                 f,
@@ -451,5 +725,101 @@ impl fmt::Display for Comparison {
             )?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for ClusterRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spread = |by: &BTreeMap<String, u16>| {
+            by.iter()
+                .map(|(m, n)| format!("{m} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        writeln!(
+            f,
+            "{}-master cluster, {} shards: by hash {}",
+            self.masters,
+            self.shards,
+            spread(&self.shards_per_master_by_hash)
+        )?;
+        if self.placed.is_empty() {
+            writeln!(f, "  no slot moved: the hash spread them evenly")?;
+        } else {
+            for p in &self.placed {
+                writeln!(
+                    f,
+                    "  placed before the row: shard {} (slot {}) from {} to {}",
+                    p.shard, p.slot, p.from, p.to
+                )?;
+            }
+            writeln!(f, "  during the row: {}", spread(&self.shards_per_master))?;
+        }
+        let c = &self.cost;
+        writeln!(
+            f,
+            "  engine CPU {:.2} us per reservation, Redis CPU {:.2} us per reservation, script \
+             time {:.2} us ({} reservations)",
+            c.engine_cpu_us, c.redis_cpu.total_us, c.redis_script_us, c.reservations
+        )?;
+        for (master, share) in &c.redis_cpu.by_process {
+            writeln!(
+                f,
+                "  {master}: {:.2} us per reservation, {:.1}% of the Redis CPU",
+                share.us,
+                share.share * 100.0
+            )?;
+        }
+        write!(
+            f,
+            "  spread: the busiest master had {:.1}% (bound {:.1}%): {}",
+            self.max_share * 100.0,
+            self.share_bound * 100.0,
+            if self.spread { "spread" } else { "NOT spread" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spread(counts: &BTreeMap<String, u16>) -> u16 {
+        let most = counts.values().max().copied().unwrap_or(0);
+        let least = counts.values().min().copied().unwrap_or(0);
+        most - least
+    }
+
+    #[test]
+    fn shards_the_hash_spreads_unevenly_are_placed_until_the_masters_hold_as_many() {
+        let cluster = LocalCluster::start(LocalClusterOptions::default()).unwrap();
+        let keys = KeySpace::new("t:").unwrap();
+        // By hash, ci-sale's 6 shards land 2, 3 and 1 on three masters.
+        let sku: Sku = "ci-sale".parse().unwrap();
+        let before = counts(&shards_by_master(&cluster, &keys, &sku, 6).unwrap());
+        assert_eq!(before.len(), 3, "{before:?}");
+        assert_eq!(spread(&before), 2, "{before:?}");
+        let placed = place_evenly(&cluster, &keys, &sku, 6).unwrap();
+        assert_eq!(placed.len(), 1, "{placed:?}");
+        let after = counts(&shards_by_master(&cluster, &keys, &sku, 6).unwrap());
+        assert_eq!(
+            after.values().collect::<Vec<_>>(),
+            [&2, &2, &2],
+            "{after:?}"
+        );
+        let moved = &placed[0];
+        let owner = cluster
+            .master_of(&keys.shard(&sku, moved.shard).hash)
+            .unwrap();
+        assert_eq!(format!("127.0.0.1:{}", owner.port), moved.to);
+        assert_eq!(before[&moved.from], 3);
+        assert_eq!(before[&moved.to], 1);
+        // The cluster row's SKU: 9 shards the hash already puts 3 on each master.
+        let bench: Sku = BENCH_SKU.parse().unwrap();
+        let even = counts(&shards_by_master(&cluster, &keys, &bench, CLUSTER_SHARDS).unwrap());
+        assert_eq!(spread(&even), 0, "{even:?}");
+        assert!(place_evenly(&cluster, &keys, &bench, CLUSTER_SHARDS)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -80,6 +80,40 @@ pub fn page(report: &Report, chart_svg: &str) -> String {
         escape(&sku["available"].to_string()),
         report.closing_wave_bought
     );
+    if let Some(topology) = &report.topology {
+        let _ = write!(html, "<p>Ran on {}.</p>", escape(&topology.to_string()));
+    }
+    let measured = [
+        (
+            "Redis time in scripts",
+            report
+                .redis_us_per_reservation
+                .map(|us| format!("{us:.2} us")),
+        ),
+        (
+            "Redis CPU",
+            report
+                .redis_cpu_us_per_reservation
+                .as_ref()
+                .map(ToString::to_string),
+        ),
+        (
+            "Engine CPU",
+            report
+                .engine_cpu_us_per_reservation
+                .as_ref()
+                .map(ToString::to_string),
+        ),
+    ];
+    for (what, figure) in measured {
+        if let Some(figure) = figure {
+            let _ = write!(
+                html,
+                "<p>{what} per reservation made: {}.</p>",
+                escape(&figure)
+            );
+        }
+    }
 
     html.push_str(
         "<h2>Invariants</h2><table><tr><th>invariant</th><th>verdict</th><th>violations</th></tr>",
@@ -140,8 +174,11 @@ mod tests {
 
     use super::*;
     use crate::chart::{self, ChartInput};
+    use crate::cpu::{CpuPer, Watched};
+    use crate::report::Measured;
     use crate::run::RunOutcome;
     use crate::scenario::Scenario;
+    use crate::spawn::Topology;
     use crate::stats::Recorder;
 
     #[test]
@@ -170,7 +207,13 @@ mod tests {
         );
         let sku =
             serde_json::json!({ "stock": 10, "sold": 9, "held": 0, "available": 1, "shards": 2 });
-        let report = Report::new(&Scenario::default(), &run, violations, sku, None);
+        let report = Report::new(
+            &Scenario::default(),
+            &run,
+            violations,
+            sku,
+            Measured::default(),
+        );
         let chart = chart::svg(&ChartInput {
             title: "sale".into(),
             samples: run.recorder.samples.as_deref().unwrap_or_default(),
@@ -192,6 +235,88 @@ mod tests {
         for fetch in ["src=", "href=", "<script", "<link", "url("] {
             assert!(!page.contains(fetch), "{fetch}");
         }
+    }
+
+    #[test]
+    fn the_page_says_what_ran_the_sale_and_what_it_cost() {
+        let used = |name: &str, ms: u64| {
+            (
+                Watched {
+                    name: name.into(),
+                    pid: 1,
+                },
+                Duration::from_millis(ms),
+            )
+        };
+        let topology = Topology {
+            redis: "cluster",
+            masters: 3,
+            replicas: 0,
+            engines: 2,
+            shards_per_master: [
+                ("127.0.0.1:7001", 1),
+                ("127.0.0.1:7002", 2),
+                ("127.0.0.1:7003", 1),
+            ]
+            .into_iter()
+            .map(|(m, n)| (m.to_owned(), n))
+            .collect(),
+        };
+        let measured = Measured {
+            redis_us_per_reservation: Some(12.5),
+            redis_cpu: Some(CpuPer::of(
+                &[
+                    used("redis 127.0.0.1:7001", 10),
+                    used("redis 127.0.0.1:7002", 30),
+                ],
+                100,
+            )),
+            engine_cpu: None,
+            topology: Some(topology),
+        };
+        let report = Report::new(
+            &Scenario::default(),
+            &RunOutcome::default(),
+            BTreeMap::new(),
+            serde_json::json!({}),
+            measured,
+        );
+        let page = page(&report, "<svg></svg>");
+        assert!(
+            page.contains(
+                "Ran on Redis Cluster of 3 masters (0 replicas each), 2 engines; shards per \
+                 master: 127.0.0.1:7001 1, 127.0.0.1:7002 2, 127.0.0.1:7003 1."
+            ),
+            "{page}"
+        );
+        assert!(page.contains("Redis time in scripts per reservation made: 12.50 us."));
+        assert!(page.contains(
+            "Redis CPU per reservation made: 400.00 us (redis 127.0.0.1:7001 100.00 us 25%, \
+             redis 127.0.0.1:7002 300.00 us 75%)."
+        ));
+        assert!(!page.contains("Engine CPU"), "not measured, not shown");
+        let text = report.to_string();
+        assert!(
+            text.contains("topology: Redis Cluster of 3 masters"),
+            "{text}"
+        );
+        let one = Topology {
+            replicas: 1,
+            engines: 1,
+            ..report.topology.clone().unwrap()
+        };
+        assert!(
+            one.to_string()
+                .starts_with("Redis Cluster of 3 masters (1 replica each), 1 engine;"),
+            "{one}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["topology"]["engines"], 2);
+        assert_eq!(json["topology"]["shards_per_master"]["127.0.0.1:7002"], 2);
+        assert_eq!(
+            json["redis_cpu_us_per_reservation"]["by_process"]["redis 127.0.0.1:7002"]["share"],
+            0.75
+        );
     }
 
     #[test]

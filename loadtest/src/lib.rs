@@ -12,7 +12,10 @@
 //! - [`report`], [`chart`], [`html`]: `report.json` and the table, the SVG chart, the
 //!   self-contained `report.html`.
 //! - [`cli`]: the command's flags; every scenario field is one.
-//! - [`spawn`], [`sale`]: `--spawn` (a private Redis and engine) and one whole sale.
+//! - [`private_redis`]: the private Redis or Redis Cluster of a run, measured master by
+//!   master; [`cpu`]: a process's CPU time from `/proc`.
+//! - [`spawn`], [`sale`]: `--spawn` (a private Redis or cluster and one or more engines)
+//!   and one whole sale.
 //! - [`serve`]: the engine over a private Redis or Redis Cluster, in the foreground.
 //! - [`compare`]: the engine beside its alternatives, in one run.
 //! - [`demo`]: a sale on the store directly, without HTTP (`flashsale-loadtest demo`).
@@ -24,8 +27,10 @@ pub mod checks;
 pub mod cli;
 pub mod client;
 pub mod compare;
+pub mod cpu;
 pub mod demo;
 pub mod html;
+pub mod private_redis;
 pub mod report;
 pub mod run;
 pub mod sale;

@@ -6,9 +6,27 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::checks::Violations;
+use crate::cpu::CpuPer;
 use crate::run::RunOutcome;
 use crate::scenario::Scenario;
+use crate::spawn::Topology;
 use crate::stats::Percentiles;
+
+/// What was measured on the servers themselves, when the harness started them (`--spawn`);
+/// all of it from before the arrivals to after the closing wave, over the reservations
+/// made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Measured {
+    /// Redis time inside scripts (`INFO commandstats`, summed over the masters), µs per
+    /// reservation.
+    pub redis_us_per_reservation: Option<f64>,
+    /// Redis CPU (user + system, `/proc/<pid>/stat`), µs per reservation, master by master.
+    pub redis_cpu: Option<CpuPer>,
+    /// Engine CPU, µs per reservation, engine by engine.
+    pub engine_cpu: Option<CpuPer>,
+    /// The Redis topology and the engines.
+    pub topology: Option<Topology>,
+}
 
 /// Latency percentiles, overall and per outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -57,8 +75,16 @@ pub struct Report {
     /// The SKU at the end, as the API showed it.
     pub sku: serde_json::Value,
     /// Redis time spent in scripts (every call of the sale: reserves, sweeps, refills,
-    /// refusals) divided by the reservations made, µs, when measured.
+    /// refusals) divided by the reservations made, µs, when measured; on a cluster, summed
+    /// over the masters.
     pub redis_us_per_reservation: Option<f64>,
+    /// Redis CPU (user + system) over the reservations made, µs, in all and per master.
+    pub redis_cpu_us_per_reservation: Option<CpuPer>,
+    /// Engine CPU over the reservations made, µs, in all and per engine.
+    pub engine_cpu_us_per_reservation: Option<CpuPer>,
+    /// What ran the sale (with `--spawn`): one Redis or a cluster, how many engines, and
+    /// how many of the SKU's shards each master holds.
+    pub topology: Option<Topology>,
     /// Every invariant held.
     pub passed: bool,
 }
@@ -70,7 +96,7 @@ impl Report {
         run: &RunOutcome,
         violations: Violations,
         sku: serde_json::Value,
-        redis_us_per_reservation: Option<f64>,
+        measured: Measured,
     ) -> Self {
         let recorder = &run.recorder;
         let secs = run.elapsed.as_secs_f64().max(1e-9);
@@ -110,7 +136,10 @@ impl Report {
                 .first("sold_out")
                 .map(|at| at.as_secs_f64() * 1000.0),
             sku,
-            redis_us_per_reservation,
+            redis_us_per_reservation: measured.redis_us_per_reservation,
+            redis_cpu_us_per_reservation: measured.redis_cpu,
+            engine_cpu_us_per_reservation: measured.engine_cpu,
+            topology: measured.topology,
         }
     }
 }
@@ -160,12 +189,21 @@ impl fmt::Display for Report {
             sku["available"],
             self.closing_wave_bought
         )?;
+        if let Some(topology) = &self.topology {
+            writeln!(f, "topology: {topology}")?;
+        }
         if let Some(us) = self.redis_us_per_reservation {
             writeln!(
                 f,
                 "redis script time over reservations made: {us:.2} us each (every script \
                  call of the sale counted: sweeps, refills, refusals)"
             )?;
+        }
+        if let Some(cpu) = &self.redis_cpu_us_per_reservation {
+            writeln!(f, "redis cpu over reservations made: {cpu}")?;
+        }
+        if let Some(cpu) = &self.engine_cpu_us_per_reservation {
+            writeln!(f, "engine cpu over reservations made: {cpu}")?;
         }
         for (name, verdict) in &self.invariants {
             let verdict = if verdict.ok { "ok" } else { "VIOLATED" };

@@ -215,13 +215,16 @@ fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
     bar
 }
 
-/// Replays `scenario` against `target`: the arrivals open loop, then (if asked) the
-/// closing wave.
+/// Replays `scenario` against `targets`: the arrivals open loop, then (if asked) the
+/// closing wave. Worker connection `i` goes to engine `i mod targets.len()`, so the buyers
+/// (and the confirms and cancels that follow, whichever worker sends them) spread over
+/// every engine; the closing wave goes to the first.
 pub async fn replay(
-    target: &Target,
+    targets: &[Target],
     scenario: &Scenario,
     show_progress: bool,
 ) -> anyhow::Result<RunOutcome> {
+    anyhow::ensure!(!targets.is_empty(), "no engine to send the sale to");
     let schedule = scenario
         .profile
         .schedule(Duration::from_millis(scenario.duration_ms));
@@ -239,7 +242,10 @@ pub async fn replay(
         book: Mutex::new(Book::default()),
     });
     let workers: Vec<_> = (0..scenario.connections)
-        .map(|_| tokio::spawn(worker(shared.clone(), target.clone(), jobs.clone())))
+        .map(|i| {
+            let target = targets[i % targets.len()].clone();
+            tokio::spawn(worker(shared.clone(), target, jobs.clone()))
+        })
         .collect();
 
     let bar = progress_bar(show_progress, schedule.len() as u64);
@@ -298,7 +304,7 @@ pub async fn replay(
         recorder.merge(&worker.await?);
     }
     let closing = if scenario.closing_wave {
-        closing_wave(target, scenario, &shared).await?
+        closing_wave(&targets[0], scenario, &shared).await?
     } else {
         ClosingWave::default()
     };

@@ -5,22 +5,26 @@ use std::path::PathBuf;
 
 use flashsale::ledger::Ledger;
 use flashsale::store::{Store, StoreOptions};
+use flashsale::topology::RedisTarget;
 use serde_json::json;
 
 use crate::chart::{self, ChartInput};
 use crate::checks::{self, Inspect};
 use crate::client::Target;
+use crate::cpu::{CpuMeter, CpuPer};
 use crate::html;
-use crate::report::Report;
+use crate::private_redis::ScriptStats;
+use crate::report::{Measured, Report};
 use crate::run;
 use crate::scenario::Scenario;
-use crate::spawn::Spawned;
+use crate::spawn::{SpawnOptions, Spawned};
 
 /// Where the engine is and how to reach its parts.
 #[derive(Debug, Clone, Default)]
 pub struct Setup {
-    /// Start a private Redis and engine (the rest is then ignored).
-    pub spawn: bool,
+    /// Start a private Redis (or Redis Cluster) and engines of this shape (the rest is then
+    /// ignored).
+    pub spawn: Option<SpawnOptions>,
     /// The engine's base URL.
     pub target: Option<String>,
     /// Its admin token (to load the SKU).
@@ -31,8 +35,6 @@ pub struct Setup {
     pub key_prefix: String,
     /// Its ledger, for the checks in the ledger.
     pub database_url: Option<String>,
-    /// Extra `flashsale serve` arguments for `--spawn`.
-    pub engine_args: Vec<String>,
     /// Where `report.json`, `chart.svg` and `report.html` go.
     pub out: PathBuf,
     /// Draw the progress bar.
@@ -57,55 +59,94 @@ async fn load_sku(target: &Target, token: &str, scenario: &Scenario) -> anyhow::
     Ok(())
 }
 
+/// What is measured on spawned servers from before the arrivals to after the closing wave.
+struct Meters {
+    scripts: ScriptStats,
+    redis: CpuMeter,
+    engines: CpuMeter,
+}
+
+impl Meters {
+    fn start(spawned: &Spawned) -> anyhow::Result<Self> {
+        let masters = spawned.redis.masters()?;
+        Ok(Self {
+            scripts: spawned.redis.script_stats()?,
+            redis: CpuMeter::start(masters.iter().map(|m| m.watched()).collect())?,
+            engines: CpuMeter::start(
+                spawned
+                    .engines
+                    .iter()
+                    .enumerate()
+                    .map(|(n, e)| e.watched(n))
+                    .collect(),
+            )?,
+        })
+    }
+
+    /// Script time, Redis CPU per master and engine CPU per engine, over `reservations`.
+    fn read(&self, spawned: &Spawned, reservations: u64) -> anyhow::Result<Measured> {
+        let scripts = spawned.redis.script_stats()?.since(self.scripts);
+        Ok(Measured {
+            redis_us_per_reservation: (reservations > 0)
+                .then(|| scripts.usec as f64 / reservations as f64),
+            redis_cpu: Some(CpuPer::of(&self.redis.used()?, reservations)),
+            engine_cpu: Some(CpuPer::of(&self.engines.used()?, reservations)),
+            topology: None,
+        })
+    }
+}
+
 /// Runs the sale and returns its report (also written to `setup.out`).
 pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Report> {
     scenario.validate()?;
-    let spawned = if setup.spawn {
-        Some(Spawned::start(&setup.engine_args).await?)
-    } else {
-        None
+    let spawned = match &setup.spawn {
+        Some(options) => Some(Spawned::start(options).await?),
+        None => None,
     };
-    let (base, token) = match &spawned {
-        Some(s) => (s.base.clone(), Some(s.admin_token.clone())),
-        None => (
-            setup
+    let (targets, token) = match &spawned {
+        Some(s) => (s.targets(), Some(s.admin_token.clone())),
+        None => {
+            let base = setup
                 .target
                 .clone()
-                .ok_or_else(|| anyhow::anyhow!("give --target or --spawn"))?,
-            setup.admin_token.clone(),
-        ),
+                .ok_or_else(|| anyhow::anyhow!("give --target or --spawn"))?;
+            (vec![Target::parse(&base)?], setup.admin_token.clone())
+        }
     };
-    let target = Target::parse(&base)?;
+    // The first engine loads the SKU and answers the checks' reads; buyers use them all.
+    let target = targets[0].clone();
     let token = token.ok_or_else(|| anyhow::anyhow!("give --admin-token to load the SKU"))?;
     load_sku(&target, &token, scenario).await?;
 
-    let (redis_url, prefix, database_url) = match &spawned {
+    let (redis_target, prefix, database_url) = match &spawned {
         Some(s) => (
-            Some(s.redis.url()),
+            Some(s.redis.target()),
             s.prefix.clone(),
             Some(s.database_url.clone()),
         ),
         None => (
-            setup.redis_url.clone(),
+            // Several URLs, comma-separated, are a cluster's seeds, as for the engine.
+            setup
+                .redis_url
+                .as_deref()
+                .map(|url| RedisTarget::parse(&[url], false))
+                .transpose()?,
             setup.key_prefix.clone(),
             setup.database_url.clone(),
         ),
     };
-    let before = spawned.as_ref().map(|s| s.redis.script_stats());
-    let outcome = run::replay(&target, scenario, setup.progress).await?;
-    let redis_us = match (&spawned, before) {
-        (Some(s), Some((usec, _))) if !outcome.book.holds.is_empty() => {
-            let (after, _) = s.redis.script_stats();
-            Some((after - usec) as f64 / outcome.book.holds.len() as f64)
-        }
-        _ => None,
+    let meters = spawned.as_ref().map(Meters::start).transpose()?;
+    let outcome = run::replay(&targets, scenario, setup.progress).await?;
+    let mut measured = match (&spawned, &meters) {
+        (Some(s), Some(m)) => m.read(s, outcome.book.holds.len() as u64)?,
+        _ => Measured::default(),
     };
 
-    let inspect = match redis_url {
-        Some(url) => Some(Inspect {
+    let inspect = match redis_target {
+        Some(redis) => Some(Inspect {
             store: Store::connect(&StoreOptions {
                 prefix,
-                ..StoreOptions::new(url)
+                ..StoreOptions::new(redis)
             })
             .await?,
             ledger: match database_url {
@@ -117,7 +158,12 @@ pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Repo
     };
     let (violations, sku) =
         checks::verify(&target, scenario, &outcome.book, inspect.as_ref()).await?;
-    let report = Report::new(scenario, &outcome, violations, sku, redis_us);
+    if let Some(s) = &spawned {
+        let shards = sku["shards"].as_u64().and_then(|n| u16::try_from(n).ok());
+        let shards = shards.or(scenario.shards).unwrap_or(0);
+        measured.topology = Some(s.topology(&scenario.sku.parse()?, shards)?);
+    }
+    let report = Report::new(scenario, &outcome, violations, sku, measured);
     let chart = chart::svg(&ChartInput {
         title: format!("sale of {}", scenario.sku),
         samples: outcome.recorder.samples.as_deref().unwrap_or_default(),

@@ -8,9 +8,10 @@ use std::process::{ExitCode, ExitStatus};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
-use flashsale_testkit::{LocalCluster, LocalClusterOptions, LocalRedis};
+use flashsale_testkit::LocalClusterOptions;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::private_redis::PrivateRedis;
 use crate::spawn::engine_binary;
 
 /// What to start.
@@ -20,46 +21,6 @@ pub struct ServeOptions {
     pub cluster: Option<LocalClusterOptions>,
     /// More arguments for `flashsale serve`.
     pub engine_args: Vec<String>,
-}
-
-/// The private Redis of the run.
-enum PrivateRedis {
-    Single(LocalRedis),
-    Cluster(LocalCluster),
-}
-
-impl PrivateRedis {
-    fn start(cluster: Option<LocalClusterOptions>) -> std::io::Result<Self> {
-        Ok(match cluster {
-            None => Self::Single(LocalRedis::start()?),
-            Some(options) => Self::Cluster(LocalCluster::start(options)?),
-        })
-    }
-
-    /// How `flashsale serve` is told where it is.
-    fn engine_args(&self) -> Vec<String> {
-        match self {
-            Self::Single(redis) => redis_args(&[redis.url()], false),
-            Self::Cluster(cluster) => redis_args(&cluster.seed_urls(), true),
-        }
-    }
-
-    /// The line that tells the person where it is.
-    fn describe(&self) -> String {
-        match self {
-            Self::Single(redis) => format!("redis: {}", redis.url()),
-            Self::Cluster(cluster) => format!("redis cluster: {}", cluster.seed_urls().join(" ")),
-        }
-    }
-}
-
-/// `--redis-url <url>`, or for a cluster `--redis-url <seed>,<seed>,... --redis-cluster`.
-fn redis_args(urls: &[String], cluster: bool) -> Vec<String> {
-    let mut args = vec!["--redis-url".to_owned(), urls.join(",")];
-    if cluster {
-        args.push("--redis-cluster".to_owned());
-    }
-    args
 }
 
 /// What the engine's own arguments (and environment) already say, read the way `flashsale
@@ -154,29 +115,6 @@ mod tests {
 
     fn args(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| w.to_string()).collect()
-    }
-
-    #[test]
-    fn the_engine_is_told_where_its_redis_is() {
-        assert_eq!(
-            redis_args(&args(&["redis://127.0.0.1:7001"]), false),
-            args(&["--redis-url", "redis://127.0.0.1:7001"])
-        );
-        assert_eq!(
-            redis_args(
-                &args(&[
-                    "redis://127.0.0.1:7001",
-                    "redis://127.0.0.1:7002",
-                    "redis://127.0.0.1:7003"
-                ]),
-                true
-            ),
-            args(&[
-                "--redis-url",
-                "redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003",
-                "--redis-cluster"
-            ])
-        );
     }
 
     #[test]
