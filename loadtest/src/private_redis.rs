@@ -57,20 +57,8 @@ pub struct ScriptStats {
 impl ScriptStats {
     /// The counters in an `INFO commandstats` answer (zero when `EVALSHA` never ran).
     fn parse(info: &str) -> Self {
-        let line = info
-            .lines()
-            .find(|l| l.starts_with("cmdstat_evalsha:"))
-            .unwrap_or("");
-        let field = |name: &str| {
-            line.split([':', ','])
-                .find_map(|kv| kv.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Self {
-            usec: field("usec="),
-            calls: field("calls="),
-        }
+        let (usec, calls) = flashsale_testkit::evalsha_stats(info);
+        Self { usec, calls }
     }
 
     /// What was counted since `before`.

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 pub use cluster::{ClusterNode, LocalCluster, LocalClusterOptions, Role, SLOTS};
 pub use postgres::LocalPostgres;
-pub use redis::{Fsync, LocalRedis, LocalRedisOptions};
+pub use redis::{evalsha_stats, Fsync, LocalRedis, LocalRedisOptions};
 
 /// A loopback port that was free a moment ago: bound and released, so that a server can
 /// bind it. Someone else may take it in between; callers retry with another.

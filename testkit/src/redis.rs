@@ -183,18 +183,7 @@ impl LocalRedis {
     /// The `usec` and `calls` that `INFO commandstats` counts for `EVALSHA` so far: the
     /// Redis time spent in scripts, for benchmarks and reports.
     pub fn script_stats(&self) -> (u64, u64) {
-        let info = self.command(&["INFO", "commandstats"]).unwrap_or_default();
-        let line = info
-            .lines()
-            .find(|l| l.starts_with("cmdstat_evalsha:"))
-            .unwrap_or("");
-        let field = |name: &str| {
-            line.split([':', ','])
-                .find_map(|kv| kv.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("usec="), field("calls="))
+        evalsha_stats(&self.command(&["INFO", "commandstats"]).unwrap_or_default())
     }
 
     /// Runs one command given as words and returns the raw reply (for tests and reports):
@@ -222,4 +211,20 @@ impl Drop for LocalRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The `usec` and `calls` of `EVALSHA` in an `INFO commandstats` answer (zeros when no
+/// script ran), from any node.
+pub fn evalsha_stats(info: &str) -> (u64, u64) {
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .unwrap_or("");
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("usec="), field("calls="))
 }
