@@ -35,28 +35,12 @@ async fn a_reshard_mid_sale_is_invisible_to_buyers_and_loses_nothing() {
         let (cluster, prefix, resharding) = (cluster.clone(), prefix.clone(), resharding.clone());
         let reserved = reserved.clone();
         tokio::task::spawn_blocking(move || {
-            // Slot moves that ended while units were still being sold.
-            let mut mid_sale = 0;
-            for _ in 0..ROUNDS {
-                for shard in 0..SHARDS {
-                    let key = format!("{prefix}{{hot:{shard}}}");
-                    let owner = cluster.master_of(&key).expect("owner");
-                    let masters = cluster.masters().expect("masters");
-                    let next = masters
-                        .iter()
-                        .find(|m| m.port != owner.port)
-                        .expect("another master");
-                    cluster
-                        .move_slot_of(&key, next.port)
-                        .expect("move the slot");
-                    if reserved.load(Ordering::Relaxed) < STOCK {
-                        mid_sale += 1;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
+            // The buyers stop when the reshard is over, even one that failed.
+            let ends = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                reshard(&cluster, &prefix, &reserved)
+            }));
             resharding.store(false, Ordering::Release);
-            mid_sale
+            ends.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     };
 
@@ -92,7 +76,11 @@ async fn a_reshard_mid_sale_is_invisible_to_buyers_and_loses_nothing() {
                             sold_out_seen = true;
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        _ => errors.lock().push(format!("reserve {status} {body}")),
+                        _ => {
+                            errors.lock().push(format!("reserve {status} {body}"));
+                            // A buyer that cannot reserve stops: the test reports why.
+                            return;
+                        }
                     }
                 }
             })
@@ -132,4 +120,29 @@ async fn a_reshard_mid_sale_is_invisible_to_buyers_and_loses_nothing() {
         ROUNDS * usize::from(SHARDS),
         STOCK, totals.sold
     );
+}
+
+/// Moves every shard's slot round the masters `ROUNDS` times; the number of moves that
+/// ended while units were still being sold.
+fn reshard(cluster: &LocalCluster, prefix: &str, reserved: &AtomicU64) -> usize {
+    let mut mid_sale = 0;
+    for _ in 0..ROUNDS {
+        for shard in 0..SHARDS {
+            let key = format!("{prefix}{{hot:{shard}}}");
+            let owner = cluster.master_of(&key).expect("owner");
+            let masters = cluster.masters().expect("masters");
+            let next = masters
+                .iter()
+                .find(|m| m.port != owner.port)
+                .expect("another master");
+            cluster
+                .move_slot_of(&key, next.port)
+                .expect("move the slot");
+            if reserved.load(Ordering::Relaxed) < STOCK {
+                mid_sale += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    mid_sale
 }
