@@ -188,6 +188,10 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u16).range(1..=8)
     )]
     pub engines: Option<u16>,
+    /// With --spawn: settle the ledger in a `flashsale reconcile` process of its own (the
+    /// engines run with --no-reconcile), measured apart in the report.
+    #[arg(long, requires = "spawn", conflicts_with = "target")]
+    pub reconciler_process: bool,
     /// The engine's base URL (without --spawn).
     #[arg(long, env = "FLASHSALE_TARGET", required_unless_present = "spawn")]
     pub target: Option<String>,
@@ -359,6 +363,7 @@ impl RunArgs {
                 }),
                 engines: self.engines.map_or(1, usize::from),
                 engine_args: self.engine_args.clone(),
+                separate_reconciler: self.reconciler_process,
             }),
             target: self.target.clone(),
             admin_token: self.admin_token.clone(),
@@ -574,6 +579,7 @@ mod tests {
             "8",
             "--engine-arg=--rate-sku",
             "--engine-arg=0",
+            "--reconciler-process",
         ])
         .unwrap()
         .setup();
@@ -586,6 +592,7 @@ mod tests {
                 }),
                 engines: 8,
                 engine_args: vec!["--rate-sku".into(), "0".into()],
+                separate_reconciler: true,
             })
         );
         let bare = run_args(&["--spawn", "--cluster-masters", "5"])

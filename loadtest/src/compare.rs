@@ -18,8 +18,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::client::{put_json, Call, Connection, Target};
-use crate::cpu::{CpuMeter, CpuPer};
-use crate::private_redis::ScriptStats;
+use crate::cpu::{cpu_time, CpuPer, Processes, RequestCpu, RequestCpuMeter, Watched};
+use crate::private_redis::{pid_of, ScriptStats};
 use crate::run::{offer, saturate};
 use crate::spawn::{wait_healthy, SpawnOptions, Spawned};
 use crate::stats::{Percentiles, Recorder};
@@ -55,17 +55,9 @@ pub struct Measurement {
     pub outcomes: BTreeMap<String, u64>,
     /// Latency of all answers, ms.
     pub latency_ms: Percentiles,
-}
-
-impl Measurement {
-    fn new(name: &str, recorder: &Recorder, elapsed: Duration) -> Self {
-        Self {
-            name: name.to_owned(),
-            rps: recorder.overall.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-            outcomes: recorder.outcomes(),
-            latency_ms: Percentiles::of(&recorder.overall),
-        }
-    }
+    /// CPU of every process over the answers of the measured window (the warm-up left
+    /// out), µs per request: the project's main figure.
+    pub cpu: RequestCpu,
 }
 
 /// The overload measurement.
@@ -87,6 +79,8 @@ pub struct Overload {
     pub refused_service_p99_ms: f64,
     /// Answers by outcome.
     pub outcomes: BTreeMap<String, u64>,
+    /// CPU of every process over the requests answered.
+    pub cpu: RequestCpu,
 }
 
 /// A target and whether this run met it.
@@ -100,16 +94,12 @@ pub struct Verdict {
     pub met: bool,
 }
 
-/// What a reserve row cost the servers: CPU time (user + system, `/proc/<pid>/stat`) from
-/// before its warm-up to the end of the row, over the reservations made.
+/// What a reserve row's scripts cost Redis, from before its warm-up to its end, over the
+/// reservations made.
 #[derive(Debug, Clone, Serialize)]
-pub struct RowCost {
+pub struct ScriptCost {
     /// Reservations made (the warm-up's included).
     pub reservations: u64,
-    /// Engine CPU, µs per reservation.
-    pub engine_cpu_us: f64,
-    /// Redis CPU, µs per reservation, in all and per master.
-    pub redis_cpu: CpuPer,
     /// Redis time inside scripts (`INFO commandstats`, summed over the masters), µs per
     /// reservation.
     pub redis_script_us: f64,
@@ -144,8 +134,10 @@ pub struct ClusterRow {
     pub placed: Vec<Placement>,
     /// Shards per master during the row.
     pub shards_per_master: BTreeMap<String, u16>,
-    /// What the row cost, master by master.
-    pub cost: RowCost,
+    /// What the row's scripts cost.
+    pub scripts: ScriptCost,
+    /// Redis CPU per reservation, master by master (the row's `cpu.store`).
+    pub redis_cpu: CpuPer,
     /// The largest share of the Redis CPU one master had.
     pub max_share: f64,
     /// The most a master may have for the load to count as spread: 1/N plus 10 points.
@@ -159,14 +151,19 @@ pub struct ClusterRow {
 pub struct Comparison {
     /// The closed-loop measurements, in order.
     pub measurements: Vec<Measurement>,
-    /// What the single-Redis reserve row cost the engine and Redis.
-    pub engine_cost: RowCost,
+    /// What the single-Redis reserve row's scripts cost.
+    pub scripts: ScriptCost,
     /// The engine on a 3-master cluster (also a row of `measurements`).
     pub cluster: ClusterRow,
     /// Redis script time per reservation made by the engine, µs.
     pub redis_us_per_reservation: f64,
     /// Script calls per reservation (coalescing makes it below 1).
     pub script_calls_per_reservation: f64,
+    /// What settling one event into SQLite cost the reconciler in its own process (its
+    /// reads, acknowledgements and trims in Redis, the decoding and the SQL), µs of its
+    /// CPU per event: the reserve row with a separate reconciler, one event per
+    /// reservation.
+    pub settle_us_per_event: f64,
     /// The overload run.
     pub overload: Overload,
     /// The targets.
@@ -175,6 +172,15 @@ pub struct Comparison {
 
 /// A baseline server process, stopped on drop.
 struct Process(Child);
+
+impl Process {
+    fn watched(&self) -> Watched {
+        Watched {
+            name: "server".into(),
+            pid: self.0.id(),
+        }
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -207,11 +213,16 @@ fn reserve_call(sku: &'static str) -> Arc<dyn Fn(u64) -> Call + Send + Sync> {
     })
 }
 
+/// The processes of a row, listed after its warm-up (when every connection is open, and
+/// PostgreSQL has a backend for each).
+type ProcessesOf<'a> = &'a (dyn Fn() -> anyhow::Result<Processes> + Sync);
+
 async fn measure(
     name: &str,
     target: &Target,
     options: &CompareOptions,
     make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
+    processes: ProcessesOf<'_>,
 ) -> anyhow::Result<Measurement> {
     // A short warm-up first: connections open, scripts loaded, caches warm.
     saturate(
@@ -221,6 +232,7 @@ async fn measure(
         make.clone(),
     )
     .await?;
+    let meter = RequestCpuMeter::start(processes()?)?;
     let (recorder, elapsed) = saturate(
         target,
         options.connections,
@@ -228,8 +240,18 @@ async fn measure(
         make,
     )
     .await?;
-    let measurement = Measurement::new(name, &recorder, elapsed);
-    eprintln!("  {name}: {:.0}/s", measurement.rps);
+    let cpu = meter.read(recorder.overall.len())?;
+    let measurement = Measurement {
+        name: name.to_owned(),
+        rps: recorder.overall.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+        outcomes: recorder.outcomes(),
+        latency_ms: Percentiles::of(&recorder.overall),
+        cpu,
+    };
+    eprintln!(
+        "  {name}: {:.0}/s, server {:.1} us, store {:.1} us per request",
+        measurement.rps, measurement.cpu.server.total_us, measurement.cpu.store.total_us
+    );
     Ok(measurement)
 }
 
@@ -249,34 +271,19 @@ fn huge_sku(shards: u16) -> serde_json::Value {
     json!({ "stock": 1_000_000_000u64, "shards": shards, "hold_seconds": 3600 })
 }
 
-/// What a reserve row is measured by, started before its warm-up.
-struct RowMeters {
-    /// The engine process.
-    engine: CpuMeter,
-    /// Every master.
-    redis: CpuMeter,
-    /// Script counters, summed over the masters.
-    scripts: ScriptStats,
-}
+/// The script counters of a reserve row, read before its warm-up.
+struct ScriptMeter(ScriptStats);
 
-impl RowMeters {
+impl ScriptMeter {
     fn start(engine: &Spawned) -> anyhow::Result<Self> {
-        let masters = engine.redis.masters()?;
-        Ok(Self {
-            engine: CpuMeter::start(vec![engine.engines[0].watched(0)])?,
-            redis: CpuMeter::start(masters.iter().map(|m| m.watched()).collect())?,
-            scripts: engine.redis.script_stats()?,
-        })
+        Ok(Self(engine.redis.script_stats()?))
     }
 
-    /// What the row cost `engine` and its Redis since the start, over `reservations`.
-    fn cost(&self, engine: &Spawned, reservations: u64) -> anyhow::Result<RowCost> {
-        let engine_cpu = CpuPer::of(&self.engine.used()?, reservations);
-        let scripts = engine.redis.script_stats()?.since(self.scripts);
-        Ok(RowCost {
+    /// What the row's scripts cost since the start, over `reservations`.
+    fn cost(&self, engine: &Spawned, reservations: u64) -> anyhow::Result<ScriptCost> {
+        let scripts = engine.redis.script_stats()?.since(self.0);
+        Ok(ScriptCost {
             reservations,
-            engine_cpu_us: engine_cpu.total_us,
-            redis_cpu: CpuPer::of(&self.redis.used()?, reservations),
             redis_script_us: scripts.usec as f64 / reservations as f64,
             script_calls: scripts.calls,
         })
@@ -373,6 +380,7 @@ async fn cluster_row(
         }),
         engines: 1,
         engine_args: engine_args.to_vec(),
+        separate_reconciler: false,
     })
     .await?;
     let cluster = engine
@@ -398,17 +406,19 @@ async fn cluster_row(
         &huge_sku(CLUSTER_SHARDS),
     )
     .await?;
-    let meters = RowMeters::start(&engine)?;
+    let meter = ScriptMeter::start(&engine)?;
     let measurement = measure(
         &format!("engine POST /v1/reservations, {CLUSTER_MASTERS}-master cluster"),
         &target,
         options,
         reserve_call(BENCH_SKU),
+        &|| engine.processes(),
     )
     .await?;
     let reservations = reservations_of(&target, BENCH_SKU).await?;
-    let cost = meters.cost(&engine, reservations)?;
-    let max_share = cost.redis_cpu.max_share();
+    let scripts = meter.cost(&engine, reservations)?;
+    let redis_cpu = measurement.cpu.store.clone();
+    let max_share = redis_cpu.max_share();
     let share_bound = 1.0 / CLUSTER_MASTERS as f64 + SPREAD_SLACK;
     let row = ClusterRow {
         masters: CLUSTER_MASTERS,
@@ -419,16 +429,16 @@ async fn cluster_row(
         max_share,
         share_bound,
         spread: max_share <= share_bound,
-        cost,
+        scripts,
+        redis_cpu,
     };
     Ok((measurement, row))
 }
 
-/// Runs every measurement.
-pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
-    let mut measurements = Vec::new();
-    let huge = huge_sku(8);
-    let no_limits: Vec<String> = [
+/// The engine's flags of the closed-loop rows: no rate limit, no in-flight bound, no
+/// periodic audit: the engine's own cost per request, nothing refused.
+fn no_limits() -> Vec<String> {
+    [
         "--rate-global",
         "0",
         "--rate-sku",
@@ -440,12 +450,18 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect();
+    .collect()
+}
 
-    eprintln!("engine (flashsale serve, private Redis, SQLite ledger)");
-    let engine = Spawned::start(&SpawnOptions::single(&no_limits)).await?;
+/// The rows of one engine on a private Redis: reserve (reconciler in-process), the
+/// ceiling, a sold-out SKU and refusals by the rate limit; with the script cost of the
+/// reserve row.
+async fn engine_rows(options: &CompareOptions) -> anyhow::Result<(Vec<Measurement>, ScriptCost)> {
+    eprintln!("engine (flashsale serve, private Redis, SQLite ledger, reconciler in-process)");
+    let engine = Spawned::start(&SpawnOptions::single(&no_limits())).await?;
     let target = engine.engines[0].target.clone();
-    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
+    let processes = || engine.processes();
+    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
     put_json(
         &target,
         "/v1/skus/gone",
@@ -453,21 +469,20 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         &json!({ "stock": 1 }),
     )
     .await?;
-    let meters = RowMeters::start(&engine)?;
-    let reserve = measure(
-        "engine POST /v1/reservations",
-        &target,
-        options,
-        reserve_call(BENCH_SKU),
-    )
-    .await?;
+    let meter = ScriptMeter::start(&engine)?;
+    let mut rows = vec![
+        measure(
+            "engine POST /v1/reservations",
+            &target,
+            options,
+            reserve_call(BENCH_SKU),
+            &processes,
+        )
+        .await?,
+    ];
     // The warm-up made reservations too: count them by the SKU's own figures.
-    let reservations = reservations_of(&target, BENCH_SKU).await?;
-    let engine_cost = meters.cost(&engine, reservations)?;
-    let redis_us = engine_cost.redis_script_us;
-    let calls_per = engine_cost.script_calls as f64 / reservations as f64;
-    measurements.push(reserve);
-    measurements.push(
+    let scripts = meter.cost(&engine, reservations_of(&target, BENCH_SKU).await?)?;
+    rows.push(
         measure(
             "same server GET /healthz (ceiling)",
             &target,
@@ -475,77 +490,132 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
             Arc::new(|_| Call::Get {
                 path: "/healthz".into(),
             }),
+            &processes,
         )
         .await?,
     );
     // Sell the one unit, let the flag and the recorded keys settle, then measure.
     saturate(&target, 4, Duration::from_millis(500), reserve_call("gone")).await?;
-    measurements.push(
+    rows.push(
         measure(
             "engine reserve of a sold-out SKU",
             &target,
             options,
             reserve_call("gone"),
+            &processes,
         )
         .await?,
     );
-    let peak = measurements[0].rps;
     drop(engine);
 
-    eprintln!("engine with its reconciler paused (events wait in the streams; settled after)");
-    let mut paused_args = no_limits.clone();
-    paused_args.push("--no-reconcile".into());
-    let engine = Spawned::start(&SpawnOptions::single(&paused_args)).await?;
+    // Refused by admission before any Redis call: what a refusal costs under overload,
+    // whatever rate the generator manages to offer.
+    eprintln!("engine refusing by its per-SKU rate limit (1 reserve/s)");
+    let mut limited = no_limits();
+    if let Some(rate) = limited.iter().position(|a| a == "--rate-sku") {
+        limited[rate + 1] = "1".into();
+    }
+    limited.extend(["--burst-sku", "1"].map(String::from));
+    let engine = Spawned::start(&SpawnOptions::single(&limited)).await?;
     let target = engine.engines[0].target.clone();
-    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
-    measurements.push(
+    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
+    rows.push(
         measure(
-            "engine POST /v1/reservations, reconciler paused",
+            "engine reserve refused by the rate limit (429)",
             &target,
             options,
             reserve_call(BENCH_SKU),
+            &|| engine.processes(),
         )
         .await?,
     );
-    drop(engine);
+    Ok((rows, scripts))
+}
 
-    let (cluster_measurement, cluster) = cluster_row(options, &no_limits).await?;
-    measurements.push(cluster_measurement);
+/// One engine on a private Redis with the reserve load, started with `spawn`.
+async fn reserve_row(
+    name: &str,
+    options: &CompareOptions,
+    spawn: &SpawnOptions,
+) -> anyhow::Result<Measurement> {
+    let engine = Spawned::start(spawn).await?;
+    let target = engine.engines[0].target.clone();
+    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
+    measure(name, &target, options, reserve_call(BENCH_SKU), &|| {
+        engine.processes()
+    })
+    .await
+}
 
-    eprintln!("naive baseline (pooled checkout per request, one unsharded DECRBY script)");
-    let naive_redis = LocalRedis::start()?;
-    let (naive, naive_target) = baseline_process(&["naive", "--redis-url", &naive_redis.url()])?;
-    wait_healthy(&naive_target, Duration::from_secs(30)).await?;
-    put_json(&naive_target, "/v1/skus/bench", "", &huge).await?;
-    measurements.push(
-        measure(
-            "naive baseline POST /v1/reservations",
-            &naive_target,
-            options,
-            reserve_call(BENCH_SKU),
-        )
-        .await?,
-    );
-    drop(naive);
-    drop(naive_redis);
+/// The reserve row with the reconciler in a `flashsale reconcile` process of its own, and
+/// what settling costs it: its whole CPU time, from its start until the ledger holds every
+/// reservation made, over those reservations (one event each), µs.
+async fn settle_row(options: &CompareOptions) -> anyhow::Result<(Measurement, f64)> {
+    eprintln!("engine with its reconciler in a process of its own (flashsale reconcile)");
+    let engine = Spawned::start(&SpawnOptions {
+        separate_reconciler: true,
+        ..SpawnOptions::single(&no_limits())
+    })
+    .await?;
+    let target = engine.engines[0].target.clone();
+    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
+    let row = measure(
+        "engine POST /v1/reservations, reconciler apart",
+        &target,
+        options,
+        reserve_call(BENCH_SKU),
+        &|| engine.processes(),
+    )
+    .await?;
+    let made = reservations_of(&target, BENCH_SKU).await?;
+    let started = std::time::Instant::now();
+    loop {
+        let view = Connection::open(&target)
+            .await?
+            .json(&Call::Get {
+                path: format!("/v1/skus/{BENCH_SKU}"),
+            })
+            .await?;
+        if view["settled"]["reservations"].as_u64() >= Some(made) {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the reconciler settled {} of {made} reservations in a minute",
+            view["settled"]["reservations"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reconciler = engine.processes()?.reconciler;
+    let used: Duration = reconciler
+        .iter()
+        .map(|p| cpu_time(p.pid))
+        .sum::<std::io::Result<Duration>>()?;
+    Ok((row, used.as_secs_f64() * 1e6 / made as f64))
+}
 
-    eprintln!("PostgreSQL hot-row baseline (UPDATE ... WHERE qty >= 1 + order insert)");
-    let postgres = LocalPostgres::start()?;
-    let (pg, pg_target) = baseline_process(&["pg-hotrow", "--database-url", &postgres.url()])?;
-    wait_healthy(&pg_target, Duration::from_secs(30)).await?;
-    put_json(&pg_target, "/v1/skus/bench", "", &huge).await?;
-    measurements.push(
-        measure(
-            "PostgreSQL hot-row baseline POST /v1/reservations",
-            &pg_target,
-            options,
-            reserve_call(BENCH_SKU),
-        )
-        .await?,
-    );
-    drop(pg);
-    drop(postgres);
+/// A baseline server on its private store, with the reserve load.
+async fn baseline_row(
+    name: &str,
+    options: &CompareOptions,
+    args: &[&str],
+    store: &(dyn Fn() -> anyhow::Result<Vec<Watched>> + Sync),
+) -> anyhow::Result<Measurement> {
+    let (server, target) = baseline_process(args)?;
+    wait_healthy(&target, Duration::from_secs(30)).await?;
+    put_json(&target, "/v1/skus/bench", "", &huge_sku(8)).await?;
+    measure(name, &target, options, reserve_call(BENCH_SKU), &|| {
+        Ok(Processes {
+            server: vec![server.watched()],
+            store: store()?,
+            reconciler: Vec::new(),
+        })
+    })
+    .await
+}
 
+/// 5x `peak`, open loop, against an engine whose per-SKU rate limit is the peak.
+async fn overload(options: &CompareOptions, peak: f64) -> anyhow::Result<Overload> {
     eprintln!("overload: 5x the measured peak, open loop");
     let limits: Vec<String> = vec![
         "--rate-sku".into(),
@@ -557,8 +627,9 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
     ];
     let engine = Spawned::start(&SpawnOptions::single(&limits)).await?;
     let target = engine.engines[0].target.clone();
-    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge).await?;
+    put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
     let offered = peak * 5.0;
+    let meter = RequestCpuMeter::start(engine.processes()?)?;
     let (recorder, service, elapsed) = offer(
         &target,
         offered,
@@ -568,6 +639,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         reserve_call(BENCH_SKU),
     )
     .await?;
+    let cpu = meter.read(recorder.overall.len())?;
     drop(engine);
     let secs = elapsed.as_secs_f64().max(1e-9);
     let p99_of = |r: &Recorder, accepted: bool| {
@@ -579,7 +651,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         }
         Percentiles::of(&merged.overall).p99
     };
-    let overload = Overload {
+    Ok(Overload {
         offered_rps: offered,
         sent_rps: recorder.overall.len() as f64 / secs,
         goodput_rps: recorder.by_outcome.get("held").map_or(0, |h| h.len()) as f64 / secs,
@@ -588,41 +660,166 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         accepted_service_p99_ms: p99_of(&service, true),
         refused_service_p99_ms: p99_of(&service, false),
         outcomes: recorder.outcomes(),
-    };
+        cpu,
+    })
+}
 
-    // Rows: engine, ceiling, sold-out SKU, engine with its reconciler paused, engine on
-    // the cluster, naive, pg.
-    let (engine_rps, ceiling, sold_out) = (
-        measurements[0].rps,
-        measurements[1].rps,
-        measurements[2].rps,
+/// Runs every measurement.
+pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
+    let (mut measurements, scripts) = engine_rows(options).await?;
+
+    eprintln!("engine with its reconciler paused (events wait in the streams; settled after)");
+    let mut paused = no_limits();
+    paused.push("--no-reconcile".into());
+    measurements.push(
+        reserve_row(
+            "engine POST /v1/reservations, reconciler paused",
+            options,
+            &SpawnOptions::single(&paused),
+        )
+        .await?,
     );
-    let (naive_rps, pg_rps) = (measurements[5].rps, measurements[6].rps);
-    let verdicts = vec![
+
+    let (apart, settle_us_per_event) = settle_row(options).await?;
+    measurements.push(apart);
+
+    let (cluster_measurement, cluster) = cluster_row(options, &no_limits()).await?;
+    measurements.push(cluster_measurement);
+
+    eprintln!("naive baseline (pooled checkout per request, one unsharded DECRBY script)");
+    let naive_redis = LocalRedis::start()?;
+    measurements.push(
+        baseline_row(
+            "naive baseline POST /v1/reservations",
+            options,
+            &["naive", "--redis-url", &naive_redis.url()],
+            &|| {
+                Ok(vec![Watched {
+                    name: "redis".into(),
+                    pid: pid_of(&naive_redis)?,
+                }])
+            },
+        )
+        .await?,
+    );
+    drop(naive_redis);
+
+    eprintln!("PostgreSQL hot-row baseline (UPDATE ... WHERE qty >= 1 + order insert)");
+    let postgres = LocalPostgres::start()?;
+    measurements.push(
+        baseline_row(
+            "PostgreSQL hot-row baseline POST /v1/reservations",
+            options,
+            &["pg-hotrow", "--database-url", &postgres.url()],
+            &|| {
+                Ok(Watched::with_children(
+                    "postgres",
+                    postgres.postmaster_pid()?,
+                )?)
+            },
+        )
+        .await?,
+    );
+    drop(postgres);
+
+    let row = |name: &str| -> anyhow::Result<&Measurement> {
+        measurements
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no row {name:?}"))
+    };
+    let reserve = row("engine POST /v1/reservations")?;
+    let overload = overload(options, reserve.rps).await?;
+    let verdicts = verdicts(
+        &Rows {
+            reserve,
+            ceiling: row("same server GET /healthz (ceiling)")?,
+            sold_out: row("engine reserve of a sold-out SKU")?,
+            naive: row("naive baseline POST /v1/reservations")?,
+            pg: row("PostgreSQL hot-row baseline POST /v1/reservations")?,
+        },
+        settle_us_per_event,
+        &overload,
+        &cluster,
+    );
+    Ok(Comparison {
+        redis_us_per_reservation: scripts.redis_script_us,
+        script_calls_per_reservation: scripts.script_calls as f64 / scripts.reservations as f64,
+        scripts,
+        measurements,
+        cluster,
+        settle_us_per_event,
+        overload,
+        verdicts,
+    })
+}
+
+/// The rows the targets speak of.
+struct Rows<'a> {
+    reserve: &'a Measurement,
+    ceiling: &'a Measurement,
+    sold_out: &'a Measurement,
+    naive: &'a Measurement,
+    pg: &'a Measurement,
+}
+
+fn verdicts(
+    rows: &Rows<'_>,
+    settle_us_per_event: f64,
+    overload: &Overload,
+    cluster: &ClusterRow,
+) -> Vec<Verdict> {
+    let Rows {
+        reserve,
+        ceiling,
+        sold_out,
+        naive,
+        pg,
+    } = rows;
+    let peak = reserve.rps;
+    let engine_us = reserve.cpu.server.total_us;
+    let redis_us = reserve.cpu.store.total_us;
+    let refusal_ratio = sold_out.cpu.server.total_us / ceiling.cpu.server.total_us.max(1e-9);
+    vec![
         verdict(
-            "reserve >= 2x the naive baseline",
-            format!("{:.2}x", engine_rps / naive_rps),
-            engine_rps >= 2.0 * naive_rps,
+            "engine CPU <= 20 us per reservation (reconciler in-process)",
+            format!("{engine_us:.1} us"),
+            engine_us <= 20.0,
         ),
         verdict(
-            "reserve >= 0.5x the ceiling",
-            format!("{:.2}x", engine_rps / ceiling),
-            engine_rps >= 0.5 * ceiling,
-        ),
-        verdict(
-            "Redis time <= 6 us per reservation",
+            "Redis CPU <= 6 us per reservation (reconciler's reads included)",
             format!("{redis_us:.1} us"),
             redis_us <= 6.0,
         ),
         verdict(
+            "settling into SQLite <= 5 us CPU per event",
+            format!("{settle_us_per_event:.1} us"),
+            settle_us_per_event <= 5.0,
+        ),
+        verdict(
+            "sold-out refusal CPU <= 1.2x /healthz",
+            format!("{refusal_ratio:.2}x"),
+            refusal_ratio <= 1.2,
+        ),
+        verdict(
+            "reserve >= 2x the naive baseline",
+            format!("{:.2}x", reserve.rps / naive.rps),
+            reserve.rps >= 2.0 * naive.rps,
+        ),
+        verdict(
+            "reserve >= 0.5x the ceiling",
+            format!("{:.2}x", reserve.rps / ceiling.rps),
+            reserve.rps >= 0.5 * ceiling.rps,
+        ),
+        verdict(
             "reserve >= 30x the PostgreSQL hot row",
-            format!("{:.1}x", engine_rps / pg_rps),
-            engine_rps >= 30.0 * pg_rps,
+            format!("{:.1}x", reserve.rps / pg.rps),
+            reserve.rps >= 30.0 * pg.rps,
         ),
         verdict(
             "sold-out path >= 0.9x the ceiling",
-            format!("{:.2}x", sold_out / ceiling),
-            sold_out >= 0.9 * ceiling,
+            format!("{:.2}x", sold_out.rps / ceiling.rps),
+            sold_out.rps >= 0.9 * ceiling.rps,
         ),
         verdict(
             "5x overload: goodput >= 0.9x the peak",
@@ -651,16 +848,12 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
             ),
             cluster.spread,
         ),
-    ];
-    Ok(Comparison {
-        measurements,
-        engine_cost,
-        cluster,
-        redis_us_per_reservation: redis_us,
-        script_calls_per_reservation: calls_per,
-        overload,
-        verdicts,
-    })
+    ]
+}
+
+/// A role's µs per request, or `-` where the row has no such process.
+fn us(cpu: Option<&CpuPer>) -> String {
+    cpu.map_or_else(|| "-".to_owned(), |c| format!("{:.1}", c.total_us))
 }
 
 impl fmt::Display for Comparison {
@@ -669,38 +862,63 @@ impl fmt::Display for Comparison {
         let engine = self.measurements.first().map_or(1.0, |m| m.rps);
         writeln!(
             f,
-            "| {:<50} | {:>9} | {:>8} | {:>9} | {:>8} | {:>8} |",
-            "measurement", "req/s", "p50 ms", "p99 ms", "x ceiling", "engine x"
+            "CPU: utime + stime of each process (/proc/<pid>/stat) over the row's answers, us \
+             per request; server is the engine or the baseline, store its Redis (every master) \
+             or PostgreSQL (every backend)"
         )?;
         writeln!(
             f,
-            "|{:-<52}|{:->11}|{:->10}|{:->11}|{:->10}|{:->10}|",
-            "", "", "", "", "", ""
+            "| {:<50} | {:>9} | {:>8} | {:>9} | {:>9} | {:>8} | {:>7} | {:>7} | {:>7} | {:>9} |",
+            "measurement",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "x ceiling",
+            "engine x",
+            "server",
+            "store",
+            "reconc.",
+            "generator"
+        )?;
+        writeln!(
+            f,
+            "|{:-<52}|{:->11}|{:->10}|{:->11}|{:->11}|{:->10}|{:->9}|{:->9}|{:->9}|{:->11}|",
+            "", "", "", "", "", "", "", "", "", ""
         )?;
         for m in &self.measurements {
             writeln!(
                 f,
-                "| {:<50} | {:>9.0} | {:>8.2} | {:>9.2} | {:>8.2} | {:>8.2} |",
+                "| {:<50} | {:>9.0} | {:>8.2} | {:>9.2} | {:>9.2} | {:>8.2} | {:>7} | {:>7} | {:>7} | {:>9} |",
                 m.name,
                 m.rps,
                 m.latency_ms.p50,
                 m.latency_ms.p99,
                 m.rps / ceiling,
-                engine / m.rps
+                engine / m.rps,
+                us(Some(&m.cpu.server)),
+                us(Some(&m.cpu.store)),
+                us(m.cpu.reconciler.as_ref()),
+                us(Some(&m.cpu.generator)),
             )?;
         }
         let o = &self.overload;
         writeln!(
             f,
-            "\noverload: offered {:.0}/s (generator sent {:.0}/s), goodput {:.0}/s, accepted p99 {:.2} ms, refusals p99 {:.2} ms \
-             (from the actual send: accepted p99 {:.2} ms, refusals p99 {:.2} ms)",
+            "\noverload: offered {:.0}/s (generator sent {:.0}/s, {:.2}x of it), goodput {:.0}/s, \
+             accepted p99 {:.2} ms, refusals p99 {:.2} ms (from the actual send: accepted p99 \
+             {:.2} ms, refusals p99 {:.2} ms); CPU per request sent: engine {:.1} us, Redis \
+             {:.1} us, generator {:.1} us",
             o.offered_rps,
             o.sent_rps,
+            o.sent_rps / o.offered_rps.max(1e-9),
             o.goodput_rps,
             o.accepted_p99_ms,
             o.refused_p99_ms,
             o.accepted_service_p99_ms,
-            o.refused_service_p99_ms
+            o.refused_service_p99_ms,
+            o.cpu.server.total_us,
+            o.cpu.store.total_us,
+            o.cpu.generator.total_us
         )?;
         writeln!(f, "  outcomes: {:?}", o.outcomes)?;
         writeln!(
@@ -708,17 +926,16 @@ impl fmt::Display for Comparison {
             "Redis script time per reservation: {:.2} us ({:.2} script calls per reservation)",
             self.redis_us_per_reservation, self.script_calls_per_reservation
         )?;
-        let e = &self.engine_cost;
         writeln!(
             f,
-            "one Redis: engine CPU {:.2} us per reservation, Redis CPU {} ({} reservations)",
-            e.engine_cpu_us, e.redis_cpu, e.reservations
+            "settling into SQLite: {:.2} us of the separate reconciler's CPU per event",
+            self.settle_us_per_event
         )?;
         writeln!(f, "{}", self.cluster)?;
         for v in &self.verdicts {
             writeln!(
                 f,
-                "[{}] {:<42} {}",
+                "[{}] {:<64} {}",
                 if v.met { "met" } else { "MISSED" },
                 v.target,
                 v.measured
@@ -755,14 +972,12 @@ impl fmt::Display for ClusterRow {
             }
             writeln!(f, "  during the row: {}", spread(&self.shards_per_master))?;
         }
-        let c = &self.cost;
         writeln!(
             f,
-            "  engine CPU {:.2} us per reservation, Redis CPU {:.2} us per reservation, script \
-             time {:.2} us ({} reservations)",
-            c.engine_cpu_us, c.redis_cpu.total_us, c.redis_script_us, c.reservations
+            "  Redis CPU {:.2} us per reservation, script time {:.2} us ({} reservations)",
+            self.redis_cpu.total_us, self.scripts.redis_script_us, self.scripts.reservations
         )?;
-        for (master, share) in &c.redis_cpu.by_process {
+        for (master, share) in &self.redis_cpu.by_process {
             writeln!(
                 f,
                 "  {master}: {:.2} us per reservation, {:.1}% of the Redis CPU",

@@ -38,6 +38,35 @@ fn ticks_of_stat(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The parent's process id in a `/proc/<pid>/stat` line (field 4).
+fn parent_of_stat(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(4 - 3)?.parse().ok()
+}
+
+/// The processes whose parent is `pid` now (a PostgreSQL server's backends, say).
+pub fn children_of(pid: u32) -> io::Result<Vec<u32>> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(child) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between the listing and the read: it is no child any more.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        if parent_of_stat(&stat) == Some(pid) {
+            children.push(child);
+        }
+    }
+    children.sort_unstable();
+    Ok(children)
+}
+
 /// The CPU time process `pid` has used so far (user + system).
 pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -59,6 +88,30 @@ pub struct Watched {
     pub name: String,
     /// Its process id.
     pub pid: u32,
+}
+
+impl Watched {
+    /// This process (the load generator), named `name`.
+    pub fn this_process(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            pid: std::process::id(),
+        }
+    }
+
+    /// `pid` and every child it has now, as `<name>` and `<name> <child pid>`: a server
+    /// that works in child processes (PostgreSQL's backends) is all of them.
+    pub fn with_children(name: &str, pid: u32) -> io::Result<Vec<Self>> {
+        let mut all = vec![Self {
+            name: name.to_owned(),
+            pid,
+        }];
+        all.extend(children_of(pid)?.into_iter().map(|child| Self {
+            name: format!("{name} {child}"),
+            pid: child,
+        }));
+        Ok(all)
+    }
 }
 
 /// The CPU time of some processes from a start: [`CpuMeter::start`], then
@@ -154,6 +207,94 @@ impl std::fmt::Display for CpuPer {
     }
 }
 
+/// The processes a measurement ran, by what each is to it.
+#[derive(Debug, Clone)]
+pub struct Processes {
+    /// The engines, or a baseline's server.
+    pub server: Vec<Watched>,
+    /// Their data store: every Redis master, or PostgreSQL and its backends.
+    pub store: Vec<Watched>,
+    /// A reconciler in a process of its own (none when it runs inside the engine).
+    pub reconciler: Vec<Watched>,
+}
+
+/// CPU per request of every process a measurement ran, by role: the figure to drive, as
+/// what two shared cores answer is what is left of them divided by what a request costs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestCpu {
+    /// The requests it is divided by (answers, or reservations made: the caller says).
+    pub requests: u64,
+    /// The engines or the baseline server, µs per request.
+    pub server: CpuPer,
+    /// Redis (every master) or PostgreSQL (every backend), µs per request.
+    pub store: CpuPer,
+    /// A separate reconciler, µs per request, where there is one.
+    pub reconciler: Option<CpuPer>,
+    /// The load generator (this process), µs per request.
+    pub generator: CpuPer,
+}
+
+impl RequestCpu {
+    /// The server's, the store's and the reconciler's CPU together, µs per request: what
+    /// the system under test spent, the generator's part left out.
+    pub fn system_us(&self) -> f64 {
+        self.server.total_us
+            + self.store.total_us
+            + self.reconciler.as_ref().map_or(0.0, |r| r.total_us)
+    }
+
+    /// Each role of a sale by its name there (`engine`, `redis`, `reconciler`,
+    /// `generator`), with its figure.
+    pub fn sale_parts(&self) -> Vec<(&'static str, &CpuPer)> {
+        let mut parts = vec![("engine", &self.server), ("redis", &self.store)];
+        if let Some(reconciler) = &self.reconciler {
+            parts.push(("reconciler", reconciler));
+        }
+        parts.push(("generator", &self.generator));
+        parts
+    }
+}
+
+/// [`RequestCpu`] from a start: [`RequestCpuMeter::start`], then
+/// [`RequestCpuMeter::read`].
+#[derive(Debug, Clone)]
+pub struct RequestCpuMeter {
+    server: CpuMeter,
+    store: CpuMeter,
+    reconciler: Option<CpuMeter>,
+    generator: CpuMeter,
+}
+
+impl RequestCpuMeter {
+    /// Reads every process's CPU time now, this one's (the generator) included.
+    pub fn start(processes: Processes) -> io::Result<Self> {
+        Ok(Self {
+            server: CpuMeter::start(processes.server)?,
+            store: CpuMeter::start(processes.store)?,
+            reconciler: if processes.reconciler.is_empty() {
+                None
+            } else {
+                Some(CpuMeter::start(processes.reconciler)?)
+            },
+            generator: CpuMeter::start(vec![Watched::this_process("generator")])?,
+        })
+    }
+
+    /// What each role used since the start, over `requests`.
+    pub fn read(&self, requests: u64) -> io::Result<RequestCpu> {
+        Ok(RequestCpu {
+            requests,
+            server: CpuPer::of(&self.server.used()?, requests),
+            store: CpuPer::of(&self.store.used()?, requests),
+            reconciler: match &self.reconciler {
+                Some(meter) => Some(CpuPer::of(&meter.used()?, requests)),
+                None => None,
+            },
+            generator: CpuPer::of(&self.generator.used()?, requests),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +306,7 @@ mod tests {
         let stat = "4242 (redis (x) 7001) S 1 4242 4242 0 -1 4194560 300 0 0 0 125 75 0 0 20 0 \
                     5 0 12345 0 0";
         assert_eq!(ticks_of_stat(stat), Some(200));
+        assert_eq!(parent_of_stat(stat), Some(1));
         assert_eq!(ticks_of_stat("4242 (cut short) S 1 2"), None);
         assert_eq!(ticks_of_stat("no name at all"), None);
     }
@@ -186,6 +328,49 @@ mod tests {
         assert_eq!(used[0].0, me);
         assert!(used[0].1 >= Duration::from_millis(20), "{:?}", used[0].1);
         assert!(cpu_time(u32::MAX).is_err(), "no such process");
+    }
+
+    #[test]
+    fn a_process_is_found_among_its_parents_children_and_measured_by_role() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let watched = Watched::with_children("tree", me).unwrap();
+        assert_eq!(watched[0], Watched::this_process("tree"));
+        assert!(
+            watched
+                .iter()
+                .any(|w| w.pid == child.id() && w.name == format!("tree {}", child.id())),
+            "{watched:?}"
+        );
+        let meter = RequestCpuMeter::start(Processes {
+            server: vec![Watched::this_process("server")],
+            store: vec![Watched {
+                name: "sleeper".into(),
+                pid: child.id(),
+            }],
+            reconciler: Vec::new(),
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(60) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let cpu = meter.read(1000).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // 20 ms at least over 1000 requests, in this process: the server and the generator
+        // are both this process here.
+        assert!(cpu.server.total_us >= 20.0, "{cpu:?}");
+        assert!(cpu.generator.total_us >= 20.0, "{cpu:?}");
+        assert!(cpu.store.total_us < 1.0, "a sleeping process: {cpu:?}");
+        assert_eq!(cpu.reconciler, None);
+        assert_eq!(cpu.requests, 1000);
+        assert!((cpu.system_us() - cpu.server.total_us - cpu.store.total_us).abs() < 1e-9);
     }
 
     #[test]

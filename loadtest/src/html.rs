@@ -83,28 +83,19 @@ pub fn page(report: &Report, chart_svg: &str) -> String {
     if let Some(topology) = &report.topology {
         let _ = write!(html, "<p>Ran on {}.</p>", escape(&topology.to_string()));
     }
-    let measured = [
-        (
-            "Redis time in scripts",
-            report
-                .redis_us_per_reservation
-                .map(|us| format!("{us:.2} us")),
-        ),
-        (
-            "Redis CPU",
-            report
-                .redis_cpu_us_per_reservation
-                .as_ref()
-                .map(ToString::to_string),
-        ),
-        (
-            "Engine CPU",
-            report
-                .engine_cpu_us_per_reservation
-                .as_ref()
-                .map(ToString::to_string),
-        ),
-    ];
+    let mut measured = vec![(
+        "Redis time in scripts".to_owned(),
+        report
+            .redis_us_per_reservation
+            .map(|us| format!("{us:.2} us")),
+    )];
+    for (process, figure) in report
+        .cpu_per_reservation
+        .iter()
+        .flat_map(|c| c.sale_parts())
+    {
+        measured.push((format!("{process} CPU"), Some(figure.to_string())));
+    }
     for (what, figure) in measured {
         if let Some(figure) = figure {
             let _ = write!(
@@ -174,7 +165,7 @@ mod tests {
 
     use super::*;
     use crate::chart::{self, ChartInput};
-    use crate::cpu::{CpuPer, Watched};
+    use crate::cpu::{CpuPer, RequestCpu, Watched};
     use crate::report::Measured;
     use crate::run::RunOutcome;
     use crate::scenario::Scenario;
@@ -264,14 +255,20 @@ mod tests {
         };
         let measured = Measured {
             redis_us_per_reservation: Some(12.5),
-            redis_cpu: Some(CpuPer::of(
-                &[
-                    used("redis 127.0.0.1:7001", 10),
-                    used("redis 127.0.0.1:7002", 30),
-                ],
-                100,
-            )),
-            engine_cpu: None,
+            cpu_per_reservation: Some(RequestCpu {
+                requests: 100,
+                server: CpuPer::of(&[used("engine 0", 50)], 100),
+                store: CpuPer::of(
+                    &[
+                        used("redis 127.0.0.1:7001", 10),
+                        used("redis 127.0.0.1:7002", 30),
+                    ],
+                    100,
+                ),
+                reconciler: None,
+                generator: CpuPer::of(&[used("generator", 20)], 100),
+            }),
+            cpu_per_request: None,
             topology: Some(topology),
         };
         let report = Report::new(
@@ -291,10 +288,12 @@ mod tests {
         );
         assert!(page.contains("Redis time in scripts per reservation made: 12.50 us."));
         assert!(page.contains(
-            "Redis CPU per reservation made: 400.00 us (redis 127.0.0.1:7001 100.00 us 25%, \
+            "redis CPU per reservation made: 400.00 us (redis 127.0.0.1:7001 100.00 us 25%, \
              redis 127.0.0.1:7002 300.00 us 75%)."
         ));
-        assert!(!page.contains("Engine CPU"), "not measured, not shown");
+        assert!(page.contains("engine CPU per reservation made: 500.00 us."));
+        assert!(page.contains("generator CPU per reservation made: 200.00 us."));
+        assert!(!page.contains("reconciler CPU"), "none apart, none shown");
         let text = report.to_string();
         assert!(
             text.contains("topology: Redis Cluster of 3 masters"),
@@ -314,7 +313,7 @@ mod tests {
         assert_eq!(json["topology"]["engines"], 2);
         assert_eq!(json["topology"]["shards_per_master"]["127.0.0.1:7002"], 2);
         assert_eq!(
-            json["redis_cpu_us_per_reservation"]["by_process"]["redis 127.0.0.1:7002"]["share"],
+            json["cpu_per_reservation"]["store"]["by_process"]["redis 127.0.0.1:7002"]["share"],
             0.75
         );
     }

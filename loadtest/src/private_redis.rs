@@ -45,6 +45,15 @@ impl Master {
     }
 }
 
+/// The process id of `redis`, as it says in `INFO server`.
+pub fn pid_of(redis: &LocalRedis) -> io::Result<u32> {
+    let info = redis.command(&["INFO", "server"])?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("INFO server names no process_id"))
+}
+
 /// `EVALSHA`'s counters in `INFO commandstats`: the time Redis spent in scripts, and calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScriptStats {
@@ -112,18 +121,10 @@ impl PrivateRedis {
     /// The masters now, by port.
     pub fn masters(&self) -> io::Result<Vec<Master>> {
         match self {
-            Self::Single(redis) => {
-                let info = redis.command(&["INFO", "server"])?;
-                let pid = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("process_id:"))
-                    .and_then(|p| p.trim().parse().ok())
-                    .ok_or_else(|| io::Error::other("INFO server names no process_id"))?;
-                Ok(vec![Master {
-                    port: redis.port(),
-                    pid,
-                }])
-            }
+            Self::Single(redis) => Ok(vec![Master {
+                port: redis.port(),
+                pid: pid_of(redis)?,
+            }]),
             Self::Cluster(cluster) => {
                 let mut masters: Vec<Master> = cluster
                     .masters()?

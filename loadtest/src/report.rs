@@ -6,7 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::checks::Violations;
-use crate::cpu::CpuPer;
+use crate::cpu::RequestCpu;
 use crate::run::RunOutcome;
 use crate::scenario::Scenario;
 use crate::spawn::Topology;
@@ -20,10 +20,11 @@ pub struct Measured {
     /// Redis time inside scripts (`INFO commandstats`, summed over the masters), µs per
     /// reservation.
     pub redis_us_per_reservation: Option<f64>,
-    /// Redis CPU (user + system, `/proc/<pid>/stat`), µs per reservation, master by master.
-    pub redis_cpu: Option<CpuPer>,
-    /// Engine CPU, µs per reservation, engine by engine.
-    pub engine_cpu: Option<CpuPer>,
+    /// CPU (user + system, `/proc/<pid>/stat`) of every process over the reservations
+    /// made, µs: engine by engine, master by master, a separate reconciler, the generator.
+    pub cpu_per_reservation: Option<RequestCpu>,
+    /// The same over the requests sent (the closing wave's included).
+    pub cpu_per_request: Option<RequestCpu>,
     /// The Redis topology and the engines.
     pub topology: Option<Topology>,
 }
@@ -78,10 +79,12 @@ pub struct Report {
     /// refusals) divided by the reservations made, µs, when measured; on a cluster, summed
     /// over the masters.
     pub redis_us_per_reservation: Option<f64>,
-    /// Redis CPU (user + system) over the reservations made, µs, in all and per master.
-    pub redis_cpu_us_per_reservation: Option<CpuPer>,
-    /// Engine CPU over the reservations made, µs, in all and per engine.
-    pub engine_cpu_us_per_reservation: Option<CpuPer>,
+    /// CPU (user + system) over the reservations made, µs, by role (`server`: the
+    /// engines, `store`: the Redis masters, `reconciler` when separate, `generator`), in
+    /// all and process by process.
+    pub cpu_per_reservation: Option<RequestCpu>,
+    /// The same over the requests sent.
+    pub cpu_per_request: Option<RequestCpu>,
     /// What ran the sale (with `--spawn`): one Redis or a cluster, how many engines, and
     /// how many of the SKU's shards each master holds.
     pub topology: Option<Topology>,
@@ -137,8 +140,8 @@ impl Report {
                 .map(|at| at.as_secs_f64() * 1000.0),
             sku,
             redis_us_per_reservation: measured.redis_us_per_reservation,
-            redis_cpu_us_per_reservation: measured.redis_cpu,
-            engine_cpu_us_per_reservation: measured.engine_cpu,
+            cpu_per_reservation: measured.cpu_per_reservation,
+            cpu_per_request: measured.cpu_per_request,
             topology: measured.topology,
         }
     }
@@ -199,11 +202,13 @@ impl fmt::Display for Report {
                  call of the sale counted: sweeps, refills, refusals)"
             )?;
         }
-        if let Some(cpu) = &self.redis_cpu_us_per_reservation {
-            writeln!(f, "redis cpu over reservations made: {cpu}")?;
-        }
-        if let Some(cpu) = &self.engine_cpu_us_per_reservation {
-            writeln!(f, "engine cpu over reservations made: {cpu}")?;
+        for (over, cpu) in [
+            ("reservations made", &self.cpu_per_reservation),
+            ("requests sent", &self.cpu_per_request),
+        ] {
+            for (process, figure) in cpu.iter().flat_map(|c| c.sale_parts()) {
+                writeln!(f, "{process} cpu over {over}: {figure}")?;
+            }
         }
         for (name, verdict) in &self.invariants {
             let verdict = if verdict.ok { "ok" } else { "VIOLATED" };

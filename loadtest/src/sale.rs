@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::chart::{self, ChartInput};
 use crate::checks::{self, Inspect};
 use crate::client::Target;
-use crate::cpu::{CpuMeter, CpuPer};
+use crate::cpu::RequestCpuMeter;
 use crate::html;
 use crate::private_redis::ScriptStats;
 use crate::report::{Measured, Report};
@@ -62,35 +62,31 @@ async fn load_sku(target: &Target, token: &str, scenario: &Scenario) -> anyhow::
 /// What is measured on spawned servers from before the arrivals to after the closing wave.
 struct Meters {
     scripts: ScriptStats,
-    redis: CpuMeter,
-    engines: CpuMeter,
+    cpu: RequestCpuMeter,
 }
 
 impl Meters {
     fn start(spawned: &Spawned) -> anyhow::Result<Self> {
-        let masters = spawned.redis.masters()?;
         Ok(Self {
             scripts: spawned.redis.script_stats()?,
-            redis: CpuMeter::start(masters.iter().map(|m| m.watched()).collect())?,
-            engines: CpuMeter::start(
-                spawned
-                    .engines
-                    .iter()
-                    .enumerate()
-                    .map(|(n, e)| e.watched(n))
-                    .collect(),
-            )?,
+            cpu: RequestCpuMeter::start(spawned.processes()?)?,
         })
     }
 
-    /// Script time, Redis CPU per master and engine CPU per engine, over `reservations`.
-    fn read(&self, spawned: &Spawned, reservations: u64) -> anyhow::Result<Measured> {
+    /// Script time over `reservations`, and every process's CPU over `reservations` and
+    /// over `requests`.
+    fn read(
+        &self,
+        spawned: &Spawned,
+        reservations: u64,
+        requests: u64,
+    ) -> anyhow::Result<Measured> {
         let scripts = spawned.redis.script_stats()?.since(self.scripts);
         Ok(Measured {
             redis_us_per_reservation: (reservations > 0)
                 .then(|| scripts.usec as f64 / reservations as f64),
-            redis_cpu: Some(CpuPer::of(&self.redis.used()?, reservations)),
-            engine_cpu: Some(CpuPer::of(&self.engines.used()?, reservations)),
+            cpu_per_reservation: Some(self.cpu.read(reservations)?),
+            cpu_per_request: Some(self.cpu.read(requests)?),
             topology: None,
         })
     }
@@ -138,7 +134,11 @@ pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Repo
     let meters = spawned.as_ref().map(Meters::start).transpose()?;
     let outcome = run::replay(&targets, scenario, setup.progress).await?;
     let mut measured = match (&spawned, &meters) {
-        (Some(s), Some(m)) => m.read(s, outcome.book.holds.len() as u64)?,
+        (Some(s), Some(m)) => m.read(
+            s,
+            outcome.book.holds.len() as u64,
+            outcome.sent + outcome.closing.recorder.overall.len(),
+        )?,
         _ => Measured::default(),
     };
 

@@ -14,7 +14,7 @@ use flashsale_testkit::{free_port, LocalClusterOptions};
 use serde::Serialize;
 
 use crate::client::{Call, Connection, Target};
-use crate::cpu::Watched;
+use crate::cpu::{Processes, Watched};
 use crate::private_redis::PrivateRedis;
 
 /// The most engines `--engines` starts: they share two cores with Redis and the generator.
@@ -29,6 +29,9 @@ pub struct SpawnOptions {
     pub engines: usize,
     /// More arguments for every `flashsale serve`.
     pub engine_args: Vec<String>,
+    /// Settle the streams into the ledger in a `flashsale reconcile` process of its own,
+    /// the engines started with `--no-reconcile`, instead of inside every engine.
+    pub separate_reconciler: bool,
 }
 
 impl Default for SpawnOptions {
@@ -37,6 +40,7 @@ impl Default for SpawnOptions {
             cluster: None,
             engines: 1,
             engine_args: Vec::new(),
+            separate_reconciler: false,
         }
     }
 }
@@ -183,6 +187,8 @@ pub struct Spawned {
     pub prefix: String,
     /// Their ledger.
     pub database_url: String,
+    /// `flashsale reconcile`, when it runs in a process of its own.
+    reconciler: Option<Child>,
     dir: tempfile::TempDir,
 }
 
@@ -208,11 +214,17 @@ impl Spawned {
             admin_token: random_token(),
             prefix: format!("lt{}:", random_token()),
             database_url,
+            reconciler: None,
             dir,
         };
+        let mut engine_args = options.engine_args.clone();
+        if options.separate_reconciler {
+            spawned.reconciler = Some(spawned.start_reconciler()?);
+            engine_args.push("--no-reconcile".into());
+        }
         // Should a start fail, dropping `spawned` stops the engines started so far.
         for n in 0..options.engines {
-            let engine = spawned.start_engine(n, &options.engine_args)?;
+            let engine = spawned.start_engine(n, &engine_args)?;
             spawned.engines.push(engine);
         }
         for engine in &mut spawned.engines {
@@ -241,6 +253,40 @@ impl Spawned {
             base,
             log,
             child,
+        })
+    }
+
+    fn start_reconciler(&self) -> anyhow::Result<Child> {
+        let log = self.dir.path().join("reconcile.log");
+        Ok(Command::new(engine_binary()?)
+            .arg("reconcile")
+            .args(self.redis.engine_args())
+            .args(["--key-prefix", &self.prefix])
+            .args(["--database-url", &self.database_url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?)
+    }
+
+    /// Every process to measure: the engines, each Redis master and a separate reconciler.
+    pub fn processes(&self) -> anyhow::Result<Processes> {
+        Ok(Processes {
+            server: self
+                .engines
+                .iter()
+                .enumerate()
+                .map(|(n, e)| e.watched(n))
+                .collect(),
+            store: self.redis.masters()?.iter().map(|m| m.watched()).collect(),
+            reconciler: self
+                .reconciler
+                .iter()
+                .map(|child| Watched {
+                    name: "reconciler".into(),
+                    pid: child.id(),
+                })
+                .collect(),
         })
     }
 
@@ -320,6 +366,11 @@ impl Drop for Spawned {
             }
             let _ = engine.child.kill();
             let _ = engine.child.wait();
+        }
+        // The reconciler stops at once: what it has not settled stays in the streams.
+        if let Some(mut reconciler) = self.reconciler.take() {
+            let _ = reconciler.kill();
+            let _ = reconciler.wait();
         }
         // The Redis and the directory go after the engines, as the fields drop.
     }

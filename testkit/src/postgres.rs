@@ -332,18 +332,27 @@ impl LocalPostgres {
         }
     }
 
+    /// The postmaster's process id, from our own `postmaster.pid` (the backends serving
+    /// connections are its children).
+    pub fn postmaster_pid(&self) -> io::Result<u32> {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))?;
+        pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "postmaster.pid does not start with a process id",
+                )
+            })
+    }
+
     /// Last resort: SIGKILL the postmaster whose pid is in our own `postmaster.pid`, and
     /// only that one (its children exit when they notice it is gone).
     fn kill_postmaster(&self) {
         let data_dir = self.data_dir();
-        let Ok(pid_file) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
-            return;
-        };
-        let Some(pid) = pid_file
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<u32>().ok())
-        else {
+        let Ok(pid) = self.postmaster_pid() else {
             return;
         };
         // The pid file may be stale and its pid reused by an unrelated process: kill only a
