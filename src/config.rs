@@ -267,6 +267,12 @@ pub struct ReconcileArgs {
     /// Entries another consumer left pending this long are claimed, in ms.
     #[arg(long, env = "FLASHSALE_CLAIM_IDLE_MS", default_value_t = 10_000)]
     pub claim_idle_ms: u64,
+
+    /// After a read of less than a full batch, wait this long (ms) before the next, so
+    /// that one transaction settles what arrived meanwhile: fewer, larger transactions
+    /// under load, for at most this much more ledger lag. 0 reads again at once.
+    #[arg(long, env = "FLASHSALE_RECONCILE_GATHER_MS", default_value_t = crate::reconcile::DEFAULT_GATHER_MS)]
+    pub gather_ms: u64,
 }
 
 /// How to run an audit.
@@ -297,6 +303,7 @@ impl ReconcileArgs {
         }
         options.batch = self.batch.max(1);
         options.claim_idle = Duration::from_millis(self.claim_idle_ms);
+        options.gather = Duration::from_millis(self.gather_ms);
         options
     }
 }

@@ -38,6 +38,9 @@ pub const GROUP: &str = "ledger";
 /// settling delay a quiet stream adds, for one non-blocking read per stream per round.
 pub const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// [`ReconcileOptions::gather`] by default, ms.
+pub const DEFAULT_GATHER_MS: u64 = 20;
+
 /// How the reconciler reads.
 #[derive(Debug, Clone)]
 pub struct ReconcileOptions {
@@ -49,6 +52,12 @@ pub struct ReconcileOptions {
     pub block: Duration,
     /// Entries pending this long with another consumer (crashed, or stuck) are claimed.
     pub claim_idle: Duration,
+    /// After a read that found less than a full batch, how long to let entries gather
+    /// before the next read. Each turn costs the same whatever it carries (an epoch read, a
+    /// transaction and its fsync, an `XACK` per stream), so under load a reconciler that
+    /// reads the moment it has settled settles a few events per transaction; waiting this
+    /// long lets each carry what arrived meanwhile, and delays the ledger by as much.
+    pub gather: Duration,
     /// How often streams are trimmed, lag is measured, and new streams are looked for.
     pub housekeeping: Duration,
 }
@@ -69,6 +78,7 @@ impl ReconcileOptions {
             // Below the connection's response timeout, so a quiet stream is not an error.
             block: Duration::from_millis(200),
             claim_idle: Duration::from_secs(10),
+            gather: Duration::from_millis(DEFAULT_GATHER_MS),
             housekeeping: Duration::from_secs(1),
         }
     }
@@ -706,7 +716,18 @@ impl Reconciler {
                 last_housekeeping = Some(Instant::now());
             }
             match result {
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(turn) => {
+                    backoff = Duration::from_millis(100);
+                    // A short read means the reconciler keeps up: let the next one gather.
+                    // (An empty one has waited in its blocking read already.)
+                    let short = turn.entries > 0 && turn.entries < this.options.batch as u64;
+                    if short && !this.options.gather.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(this.options.gather) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "reconciler turn failed");
                     if let Some(metrics) = &this.metrics {

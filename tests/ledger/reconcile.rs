@@ -247,3 +247,66 @@ async fn the_order_of_delivery_does_not_matter() {
         (10, 2, 7)
     );
 }
+
+/// After a read that found less than a full batch, the reconciler waits `gather` before it
+/// reads again, so that what arrives meanwhile is settled in one transaction rather than
+/// one each (a turn costs a transaction, an fsync and an `XACK` whatever it carries).
+#[tokio::test]
+async fn after_a_short_read_the_next_one_gathers_what_arrived_meanwhile() {
+    let redis = LocalRedis::start().unwrap();
+    let mut options = StoreOptions::new(redis.url());
+    options.prefix = format!("t{}:", random_token());
+    let store = Store::connect(&options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, ledger) = sqlite_ledger(&dir).await;
+    let sku = "tv".parse().unwrap();
+    let spec = SkuSpec {
+        shards: Some(1),
+        hold: Duration::from_secs(3600),
+        ..SkuSpec::new(100)
+    };
+    store.load(&sku, &spec).await.unwrap();
+
+    let metrics = std::sync::Arc::new(flashsale::metrics::Metrics::new());
+    let mut reconcile = ReconcileOptions::new();
+    // Far longer than ten reserves take, even on a busy machine.
+    reconcile.gather = Duration::from_secs(3);
+    let reconciler = Reconciler::new(
+        store.clone(),
+        ledger.clone(),
+        reconcile,
+        Some(metrics.clone()),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(reconciler.run(stopped));
+    let settled = |n: u64| {
+        let ledger = ledger.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while ledger.events_applied().await.unwrap() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n} events not settled"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // The load's event, read alone: a short read.
+    settled(1).await;
+    let batches = metrics.reconciler_batches.get();
+    for n in 0..10 {
+        store
+            .reserve(&request("tv", &format!("u{n}"), "k"))
+            .await
+            .unwrap();
+    }
+    settled(11).await;
+    assert_eq!(
+        metrics.reconciler_batches.get() - batches,
+        1,
+        "ten reserves made while the reconciler gathered are settled in one transaction"
+    );
+    let _ = stop.send(true);
+    running.await.unwrap();
+}
