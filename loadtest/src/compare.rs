@@ -290,14 +290,19 @@ impl ScriptMeter {
     }
 }
 
-/// Reserves made of `sku` so far, by the SKU's own figures (the warm-up made some too).
-async fn reservations_of(target: &Target, sku: &str) -> anyhow::Result<u64> {
-    let view = Connection::open(target)
+/// `GET /v1/skus/{sku}`: the SKU as the engine shows it, with the ledger's `settled`.
+async fn sku_view(target: &Target, sku: &str) -> anyhow::Result<serde_json::Value> {
+    Connection::open(target)
         .await?
         .json(&Call::Get {
             path: format!("/v1/skus/{sku}"),
         })
-        .await?;
+        .await
+}
+
+/// Reserves made of `sku` so far, by the SKU's own figures (the warm-up made some too).
+async fn reservations_of(target: &Target, sku: &str) -> anyhow::Result<u64> {
+    let view = sku_view(target, sku).await?;
     Ok(view["held"].as_u64().unwrap_or(0).max(1))
 }
 
@@ -570,12 +575,7 @@ async fn settle_row(options: &CompareOptions) -> anyhow::Result<(Measurement, f6
     let made = reservations_of(&target, BENCH_SKU).await?;
     let started = std::time::Instant::now();
     loop {
-        let view = Connection::open(&target)
-            .await?
-            .json(&Call::Get {
-                path: format!("/v1/skus/{BENCH_SKU}"),
-            })
-            .await?;
+        let view = sku_view(&target, BENCH_SKU).await?;
         if view["settled"]["reservations"].as_u64() >= Some(made) {
             break;
         }

@@ -235,14 +235,6 @@ pub struct RequestCpu {
 }
 
 impl RequestCpu {
-    /// The server's, the store's and the reconciler's CPU together, µs per request: what
-    /// the system under test spent, the generator's part left out.
-    pub fn system_us(&self) -> f64 {
-        self.server.total_us
-            + self.store.total_us
-            + self.reconciler.as_ref().map_or(0.0, |r| r.total_us)
-    }
-
     /// Each role of a sale by its name there (`engine`, `redis`, `reconciler`,
     /// `generator`), with its figure.
     pub fn sale_parts(&self) -> Vec<(&'static str, &CpuPer)> {
@@ -370,7 +362,6 @@ mod tests {
         assert!(cpu.store.total_us < 1.0, "a sleeping process: {cpu:?}");
         assert_eq!(cpu.reconciler, None);
         assert_eq!(cpu.requests, 1000);
-        assert!((cpu.system_us() - cpu.server.total_us - cpu.store.total_us).abs() < 1e-9);
     }
 
     #[test]
