@@ -4,7 +4,9 @@
 //! what a reserve costs Redis, so reserves that arrive while a call for their shard is in
 //! flight wait and go together in the next one (`reserve.lua` takes a batch). An idle shard
 //! adds no delay: a lone request is sent at once as a batch of one. Under load batches grow
-//! by themselves, which is exactly when Redis time is scarce.
+//! by themselves, which is exactly when Redis time is scarce. On a single Redis the shards
+//! also take turns, [`CALLS_IN_FLIGHT`] calls at a time: a shard waiting for its turn
+//! gathers a larger batch rather than queueing a small one in Redis.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Weak};
@@ -20,6 +22,11 @@ use crate::store::ReserveRequest;
 pub(super) const MAX_BATCH: usize = 64;
 /// Requests that may wait for one shard before senders wait too.
 const QUEUE: usize = 4096;
+/// Reserve calls one store has in flight at once on a single Redis: one running, one on
+/// its way. Redis runs one script at a time, so more calls queued in it serve nobody
+/// sooner, while each pays the fixed cost; shards waiting for their turn meanwhile fill
+/// their next batch instead.
+pub(super) const CALLS_IN_FLIGHT: usize = 2;
 
 /// A reserve waiting for its shard's next call.
 pub(super) struct Pending {
@@ -90,8 +97,9 @@ fn user_tag(pending: &Pending) -> u64 {
     std::hash::Hasher::finish(&hasher)
 }
 
-/// The shard's task: takes whatever is queued (up to [`MAX_BATCH`]), makes one call, answers
-/// each request, and goes again. It holds the store weakly and ends with it.
+/// The shard's task: waits for a turn (see [`CALLS_IN_FLIGHT`]), takes whatever is queued
+/// (up to [`MAX_BATCH`]), makes one call, answers each request, and goes again. It holds
+/// the store weakly and ends with it.
 async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut deferred: VecDeque<Pending> = VecDeque::new();
@@ -103,6 +111,15 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
                 Some(pending) => pending,
                 None => return,
             },
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        // Wait for a turn before taking what is queued: what arrives meanwhile goes too.
+        let _turn = match &inner.reserve_turns {
+            Some(turns) => match turns.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return,
+            },
+            None => None,
         };
         users.clear();
         users.insert(user_tag(&first));
@@ -132,8 +149,9 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
                 Err(_) => break,
             }
         }
-        let Some(inner) = inner.upgrade() else { return };
-        let store = Store { inner };
+        let store = Store {
+            inner: inner.clone(),
+        };
         let result = {
             let requests: Vec<_> = batch.iter().map(|p| (&p.id, &p.request)).collect();
             store.reserve_batch(shard, shards, &requests).await

@@ -122,6 +122,9 @@ struct Inner {
     clock_offset_ms: AtomicI64,
     /// The reserve queue of each (SKU, shard) in use (see `batcher.rs`).
     queues: RwLock<HashMap<Sku, HashMap<u16, tokio::sync::mpsc::Sender<batcher::Pending>>>>,
+    /// Turns of the shards' reserve calls on a single Redis (see `batcher::CALLS_IN_FLIGHT`).
+    /// `None` on a cluster: a master that stalls would hold the turns of all the others.
+    reserve_turns: Option<tokio::sync::Semaphore>,
 }
 
 fn parse<T: FromRedisValue>(value: Value) -> Result<T, StoreError> {
@@ -145,6 +148,8 @@ impl Store {
                 configs: RwLock::new(HashMap::new()),
                 refill_locks: Mutex::new(HashMap::new()),
                 queues: RwLock::new(HashMap::new()),
+                reserve_turns: (!options.target.is_cluster())
+                    .then(|| tokio::sync::Semaphore::new(batcher::CALLS_IN_FLIGHT)),
                 clock_offset_ms: AtomicI64::new(0),
                 suspect: Arc::default(),
             }),
