@@ -299,6 +299,33 @@ async fn malformed_requests_get_clear_problems() {
         (syntax.status, syntax.code()),
         (StatusCode::BAD_REQUEST, "malformed_json")
     );
+    // A body that fails is described as axum describes it, the field named.
+    let missing = send(json_key.clone(), br#"{"sku":"tv"}"#.to_vec()).await;
+    assert_eq!(
+        (missing.status, missing.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+    );
+    let detail = missing.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("user_id"), "{detail}");
+    let wrong_type = send(json_key.clone(), br#"{"sku":"tv","user_id":7}"#.to_vec()).await;
+    let detail = wrong_type.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        wrong_type.code() == "invalid_body" && detail.contains("user_id"),
+        "{detail}"
+    );
+    // A media type with parameters is JSON too: this body is read, and its quantity refused.
+    let charset = send(
+        vec![
+            ("content-type", "application/json; charset=utf-8"),
+            ("idempotency-key", "k-charset"),
+        ],
+        br#"{"sku":"tv","user_id":"cs","quantity":0}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (charset.status, charset.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_quantity")
+    );
     let text = send(
         vec![("content-type", "text/plain"), ("idempotency-key", "k")],
         b"hi".to_vec(),
