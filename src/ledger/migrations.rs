@@ -25,6 +25,11 @@ const SQLITE: Embedded = Embedded(&[
         "epoch",
         include_str!("../../migrations/sqlite/0002_epoch.sql"),
     ),
+    (
+        3,
+        "stock index",
+        include_str!("../../migrations/sqlite/0003_stock_index.sql"),
+    ),
 ]);
 
 const POSTGRES: Embedded = Embedded(&[
@@ -37,6 +42,11 @@ const POSTGRES: Embedded = Embedded(&[
         2,
         "epoch",
         include_str!("../../migrations/postgres/0002_epoch.sql"),
+    ),
+    (
+        3,
+        "stock index",
+        include_str!("../../migrations/postgres/0003_stock_index.sql"),
     ),
 ]);
 

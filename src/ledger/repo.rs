@@ -242,6 +242,8 @@ fn settle_rows<'a>(fresh: &[&Placed<'a>]) -> Vec<Settled<'a>> {
     merged.into_values().collect()
 }
 
+// The kinds are listed as in the partial index `inventory_ledger_stock` (migration 3), so
+// that both databases read it rather than every event of the SKU.
 const SELECT_STOCK_ROWS: &str = "SELECT kind, shard, id_ms, id_seq, idx, quantity, rid, detail \
     FROM inventory_ledger WHERE sku = $1 \
     AND kind IN ('loaded', 'restored', 'restocked', 'moved_in', 'moved_out')";
@@ -608,3 +610,41 @@ ledger_impl!(
     PgLedger,
     Postgres
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::Ledger;
+
+    /// The audit's read of a SKU's stock rows goes through the partial index, not through
+    /// every event the SKU ever had.
+    #[test]
+    fn stock_rows_are_read_through_their_partial_index() {
+        let dir =
+            std::env::temp_dir().join(format!("flashsale-plan-{}", crate::ids::random_token()));
+        let url = format!("sqlite://{}/ledger.db", dir.display());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let plan = runtime.block_on(async {
+            let Ledger::Sqlite(ledger) = Ledger::connect(&url).await.unwrap() else {
+                unreachable!("an SQLite URL")
+            };
+            let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {SELECT_STOCK_ROWS}"))
+                .bind("tv")
+                .fetch_all(ledger.pool())
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            plan.contains("USING INDEX inventory_ledger_stock"),
+            "{plan}"
+        );
+    }
+}
