@@ -70,6 +70,8 @@ local function fastPath()
   local avail, held, made = tonumber(values[5]) or 0, tonumber(values[6]) or 0, tonumber(values[7]) or 0
   local version = tonumber(values[10]) or 0
   local deadline = now + holdMs
+  -- Numbers become text once per batch, not once per request (Lua formats them with printf).
+  local deadlineText = tostring(deadline)
   local seen, codes, writes, deadlines, lines = {}, {}, {}, {}, {}
   for i = 1, n do
     local b, v = i * 5, 3 * i + 8
@@ -89,12 +91,12 @@ local function fastPath()
       local used = tonumber(values[v + 1]) or 0
       if used + qty > limit or avail < qty then return nil end
       avail, held, made = avail - qty, held + qty, made + 1
-      local tail = user .. '|' .. qty .. '|' .. deadline .. '|' .. key
+      local tail = user .. '|' .. qty .. '|' .. deadlineText .. '|' .. key
       local w = #writes
       writes[w + 1], writes[w + 2] = user, used + qty
       writes[w + 3], writes[w + 4] = keyField, rid
       writes[w + 5], writes[w + 6] = rid, 'h|' .. tail
-      deadlines[#deadlines + 1], deadlines[#deadlines + 2] = deadline, rid
+      deadlines[#deadlines + 1], deadlines[#deadlines + 2] = deadlineText, rid
       lines[#lines + 1] = 'reserved|' .. rid .. '|' .. tail
       codes[i] = OK
     end
