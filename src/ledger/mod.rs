@@ -388,6 +388,9 @@ impl Ledger {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
+                // A multi-row upsert keeps a statement journal, to undo itself alone if it
+                // fails; in memory rather than in a temporary file, it costs no write calls.
+                .pragma("temp_store", "memory")
                 .busy_timeout(Duration::from_secs(10));
             if let Some(dir) = Path::new(options.get_filename()).parent() {
                 if !dir.as_os_str().is_empty() {

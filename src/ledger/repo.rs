@@ -617,9 +617,9 @@ mod tests {
     use crate::ledger::Ledger;
 
     /// The audit's read of a SKU's stock rows goes through the partial index, not through
-    /// every event the SKU ever had.
+    /// every event the SKU ever had; statement journals stay in memory.
     #[test]
-    fn stock_rows_are_read_through_their_partial_index() {
+    fn an_sqlite_ledger_reads_stock_rows_by_their_index_and_journals_in_memory() {
         let dir =
             std::env::temp_dir().join(format!("flashsale-plan-{}", crate::ids::random_token()));
         let url = format!("sqlite://{}/ledger.db", dir.display());
@@ -627,24 +627,32 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let plan = runtime.block_on(async {
+        let (plan, temp_store) = runtime.block_on(async {
             let Ledger::Sqlite(ledger) = Ledger::connect(&url).await.unwrap() else {
                 unreachable!("an SQLite URL")
             };
+            // 2: statement journals and temporary tables live in memory.
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store")
+                .fetch_one(ledger.pool())
+                .await
+                .unwrap();
             let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {SELECT_STOCK_ROWS}"))
                 .bind("tv")
                 .fetch_all(ledger.pool())
                 .await
                 .unwrap();
-            rows.iter()
+            let plan = rows
+                .iter()
                 .map(|row| row.get::<String, _>("detail"))
                 .collect::<Vec<_>>()
-                .join("; ")
+                .join("; ");
+            (plan, temp_store)
         });
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             plan.contains("USING INDEX inventory_ledger_stock"),
             "{plan}"
         );
+        assert_eq!(temp_store, 2, "PRAGMA temp_store");
     }
 }
