@@ -292,8 +292,23 @@ async fn after_a_short_read_the_next_one_gathers_what_arrived_meanwhile() {
             }
         }
     };
+    // A batch is counted once acknowledged, a moment after the ledger shows it.
+    let counted = |n: u64| {
+        let metrics = metrics.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while metrics.reconciler_batches.get() < n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{n} batches not counted"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
     // The load's event, read alone: a short read.
     settled(1).await;
+    counted(1).await;
     let batches = metrics.reconciler_batches.get();
     for n in 0..10 {
         store
@@ -302,6 +317,9 @@ async fn after_a_short_read_the_next_one_gathers_what_arrived_meanwhile() {
             .unwrap();
     }
     settled(11).await;
+    counted(batches + 1).await;
+    // Had the reserves been settled in two transactions, both would be counted by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         metrics.reconciler_batches.get() - batches,
         1,
