@@ -154,9 +154,13 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
         };
         // Admitted before a connection dropped, these requests must not reach the Redis that
         // answers after it (a restarted one may have lost writes) until it has been checked.
-        let result = if store.redis_suspect() {
-            Err(StoreError::Recovering)
-        } else {
+        if store.redis_suspect() {
+            for pending in batch.drain(..) {
+                let _ = pending.reply.send(Err(StoreError::Recovering));
+            }
+            continue;
+        }
+        let result = {
             let requests: Vec<_> = batch.iter().map(|p| (&p.id, &p.request)).collect();
             store.reserve_batch(shard, shards, &requests).await
         };
@@ -181,10 +185,9 @@ async fn drain(inner: Weak<Inner>, shard: u16, mut queue: mpsc::Receiver<Pending
                     _ => None,
                 };
                 for pending in batch.drain(..) {
-                    let each = match (&redis, &error) {
-                        (Some(e), _) => StoreError::Redis(e.clone()),
-                        (None, StoreError::Recovering) => StoreError::Recovering,
-                        (None, _) => StoreError::Protocol(error.to_string()),
+                    let each = match &redis {
+                        Some(e) => StoreError::Redis(e.clone()),
+                        None => StoreError::Protocol(error.to_string()),
                     };
                     let _ = pending.reply.send(Err(each));
                 }
