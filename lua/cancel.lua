@@ -14,6 +14,7 @@
     REPLAYED    was cancelled already
     CONFIRMED   the hold was confirmed: a sale is not cancelled here
     NOT_FOUND   no such reservation in this shard
+    CART_LINE   the hold is a cart's line: the cart is cancelled, not its lines
     NO_SKU      shard not loaded
     FENCED      a repair owns the shard: nothing changed
   Events: cancelled {rid, user, qty}, or expired {rid, user, qty}.
@@ -24,6 +25,7 @@ if fenced() then return { now, 0, holdReply(FENCED) } end
 if not hget(':lim') then return { now, 0, holdReply(NO_SKU) } end
 local h = loadHold(rid)
 if not h then return { now, num(':avail'), holdReply(NOT_FOUND) } end
+if cartLine(h) then return { now, num(':avail'), holdReply(CART_LINE, h) } end
 local code = cancelHold(h)
 commit()
 return { now, num(':avail'), holdReply(code, h) }

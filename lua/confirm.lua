@@ -18,6 +18,7 @@
     CANCELLED   the hold was cancelled
     EXPIRED     expired, and the units could not be taken again; reason "stock" or "limit"
     NOT_FOUND   no such reservation in this shard
+    CART_LINE   the hold is a cart's line: the cart is confirmed, not its lines
     NO_SKU      shard not loaded
     FENCED      a repair owns the shard: nothing changed, try again shortly
   Events: confirmed {rid, user, qty, late}; expired {rid, user, qty} for lazy expiry.
@@ -29,6 +30,7 @@ local limit = tonumber(hget(':lim'))
 if not limit then return { now, 0, holdReply(NO_SKU), '' } end
 local h = loadHold(rid)
 if not h then return { now, num(':avail'), holdReply(NOT_FOUND), '' } end
+if cartLine(h) then return { now, num(':avail'), holdReply(CART_LINE, h), '' } end
 if h.state == 'c' then return { now, num(':avail'), holdReply(REPLAYED, h), '' } end
 if h.state == 'x' then return { now, num(':avail'), holdReply(CANCELLED, h), '' } end
 

@@ -25,7 +25,9 @@
     <user>                    units the user holds or bought in this shard
     <user>:<key>              idempotency key -> reservation id, or "!" for a cancel barrier
     <rid>                     a hold (rids contain '~'): "<state>|<user>|<qty>|<deadline ms>|<key>"
-                              state: h held, c confirmed, x cancelled, e expired
+                              state: h held, c confirmed, x cancelled, e expired; a cart's
+                              line has "#<cart id>" for its key (no key contains '#'), no
+                              key field and no deadline entry: its cart decides its fate
     :o:<op> :i:<move> :x:<move>   applied restock ops, applied incoming moves, outgoing moves
   A shard hash may hold nothing but :fence: a repair fences a shard Redis lost before it
   rebuilds it, so that nothing is written there meanwhile.
@@ -55,7 +57,7 @@ local sku, shard = ARGV[1], ARGV[2]
 local OK, REPLAYED, SHARD_EMPTY, LIMIT, NOT_STARTED, ENDED = 0, 1, 2, 3, 4, 5
 local NO_SKU, BAD_QTY, KEY_REUSED, KEY_CANCELLED, NOT_FOUND = 6, 7, 8, 9, 10
 local CANCELLED, CONFIRMED, EXPIRED, SKU_LIVE, DUPLICATE_ID, REPLACED = 11, 12, 13, 14, 15, 16
-local FENCED, STALE_ROUTE = 17, 18
+local FENCED, STALE_ROUTE, CART_LINE = 17, 18, 19
 
 local BARRIER = '!'
 -- Expired holds a script returns on its own when it meets a shortage (the sweeper does the rest).
@@ -124,6 +126,12 @@ local function loadHold(rid)
   return { rid = rid, state = state, user = user, qty = tonumber(qty), deadline = tonumber(deadline), key = key }
 end
 
+-- Whether a hold is a cart's line (see cart_line.lua): only its cart confirms, cancels or
+-- expires it.
+local function cartLine(h)
+  return string.byte(h.key, 1) == 35
+end
+
 local function storeHold(h)
   hset(h.rid, h.state .. '|' .. h.user .. '|' .. h.qty .. '|' .. h.deadline .. '|' .. h.key)
 end
@@ -167,7 +175,7 @@ local function sweep(limit)
   local expired = 0
   for _, rid in ipairs(due) do
     local h = loadHold(rid)
-    if h and h.state == 'h' then
+    if h and h.state == 'h' and not cartLine(h) then
       expire(h)
       expired = expired + 1
     end

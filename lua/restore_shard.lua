@@ -67,7 +67,9 @@ for i = 16 + 3 * pendingCount, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   chunk[#chunk + 1] = field
   chunk[#chunk + 1] = value
-  if string.find(field, '~', 1, true) and string.sub(value, 1, 2) == 'h|' then
+  -- A cart's line (its key "#<cart id>") has no deadline entry: its cart expires it.
+  if string.find(field, '~', 1, true) and string.sub(value, 1, 2) == 'h|'
+      and not string.find(value, '|#', 1, true) then
     local deadline = string.match(value, '^h|[^|]*|%d+|(%d+)|')
     deadlines[#deadlines + 1] = deadline
     deadlines[#deadlines + 1] = field

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,8 +48,8 @@ pub enum Event {
         user: UserId,
         /// Units.
         qty: u32,
-        /// The idempotency key that made it.
-        key: IdempotencyKey,
+        /// What made it: an idempotency key, or a cart.
+        origin: HoldOrigin,
         /// When it expires, ms since the epoch.
         deadline_ms: u64,
     },
@@ -212,7 +212,7 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
                 user: user(rest[1])?,
                 qty: num(rest[2])?,
                 deadline_ms: num(rest[3])?,
-                key: key(rest[4])?,
+                origin: HoldOrigin::parse(rest[4]).map_err(|e| e.to_string())?,
             }
         }
         "confirmed" => {
@@ -274,7 +274,7 @@ mod tests {
                 rid: rid.clone(),
                 user: UserId::new("ann").unwrap(),
                 qty: 2,
-                key: IdempotencyKey::new("k-1").unwrap(),
+                origin: HoldOrigin::Key(IdempotencyKey::new("k-1").unwrap()),
                 deadline_ms: 1_764_064_666_123,
             }
         );

@@ -36,6 +36,9 @@ pub enum IdError {
     /// A reservation id that is not `<sku>~<shard>~<random>`.
     #[error("malformed reservation id")]
     MalformedReservationId,
+    /// A cart id that is not `cart~<bucket>~<random>`.
+    #[error("malformed cart id")]
+    MalformedCartId,
 }
 
 fn check(what: &'static str, value: &str, max: usize) -> Result<(), IdError> {
@@ -209,6 +212,131 @@ impl FromStr for ReservationId {
     }
 }
 
+/// Cart records are spread over this many buckets, each a hash slot of its own (see
+/// [`crate::keys::KeySpace::cart_bucket`]); a user's carts all live in one, so that the
+/// cart and its idempotency key are written by one script.
+pub const CART_BUCKETS: u16 = 16;
+
+/// A cart id: `cart~<bucket>~<random>`. The bucket is the user's (see [`CartId::bucket_of`]),
+/// so the id routes to its record without a lookup; the 100 random bits make it unguessable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CartId {
+    text: String,
+    bucket: u16,
+}
+
+impl CartId {
+    /// A fresh id for a cart of `user`.
+    pub fn generate(user: &UserId) -> Self {
+        let bucket = Self::bucket_of(user);
+        Self {
+            text: format!("cart~{bucket}~{}", random_token()),
+            bucket,
+        }
+    }
+
+    /// The bucket of a user's carts.
+    pub fn bucket_of(user: &UserId) -> u16 {
+        crate::sharding::home_shard(user, CART_BUCKETS)
+    }
+
+    /// Parses and validates an id given by a client.
+    pub fn parse(text: &str) -> Result<Self, IdError> {
+        let mut parts = text.splitn(3, '~');
+        let (Some("cart"), Some(bucket), Some(random)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(IdError::MalformedCartId);
+        };
+        let bucket_ok = !bucket.is_empty()
+            && bucket.len() <= 2
+            && bucket.bytes().all(|b| b.is_ascii_digit())
+            && (bucket == "0" || !bucket.starts_with('0'));
+        let random_ok = random.len() == RANDOM_LEN && random.bytes().all(|b| BASE32.contains(&b));
+        let bucket: u16 = match bucket.parse() {
+            Ok(b) if bucket_ok && random_ok && b < CART_BUCKETS => b,
+            _ => return Err(IdError::MalformedCartId),
+        };
+        Ok(Self {
+            text: text.to_owned(),
+            bucket,
+        })
+    }
+
+    /// The bucket that holds the cart's record.
+    pub fn bucket(&self) -> u16 {
+        self.bucket
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for CartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// What made a hold: a client's idempotency key, or a cart (whose line it is). A hold
+/// record and a `reserved` event carry it as one field: the key, or `#` and the cart id.
+/// No idempotency key contains `#`, so a client cannot pass its reserve off as a cart line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HoldOrigin {
+    /// A single reservation, made with this key.
+    Key(IdempotencyKey),
+    /// A line of this cart; `field` is `#` and the cart id.
+    Cart {
+        /// The cart.
+        cart: CartId,
+        /// The field as stored.
+        field: String,
+    },
+}
+
+impl HoldOrigin {
+    /// Reads the field a script stored.
+    pub fn parse(field: &str) -> Result<Self, IdError> {
+        match field.strip_prefix('#') {
+            Some(cart) => CartId::parse(cart).map(Self::of_cart),
+            None => IdempotencyKey::new(field).map(Self::Key),
+        }
+    }
+
+    /// The origin of a line of `cart`.
+    pub fn of_cart(cart: CartId) -> Self {
+        Self::Cart {
+            field: format!("#{cart}"),
+            cart,
+        }
+    }
+
+    /// The field as the scripts store it.
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Key(key) => key.as_str(),
+            Self::Cart { field, .. } => field,
+        }
+    }
+
+    /// The idempotency key, for a single reservation.
+    pub fn key(&self) -> Option<&IdempotencyKey> {
+        match self {
+            Self::Key(key) => Some(key),
+            Self::Cart { .. } => None,
+        }
+    }
+
+    /// The cart, for a cart's line.
+    pub fn cart(&self) -> Option<&CartId> {
+        match self {
+            Self::Key(_) => None,
+            Self::Cart { cart, .. } => Some(cart),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,5 +399,45 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn cart_ids_round_trip_route_by_user_and_refuse_forgeries() {
+        let user = UserId::new("u-42").unwrap();
+        let id = CartId::generate(&user);
+        assert_eq!(CartId::parse(id.as_str()).unwrap(), id);
+        assert_eq!(id.bucket(), CartId::bucket_of(&user));
+        let random = id.as_str().rsplit('~').next().unwrap();
+        for bad in [
+            "".to_string(),
+            format!("cart~16~{random}"),
+            format!("cart~03~{random}"),
+            format!("cart~~{random}"),
+            format!("cart~3~{}", &random[1..]),
+            format!("cart~3~{}", random.to_uppercase()),
+            format!("carts~3~{random}"),
+            format!("tv~3~{random}"),
+        ] {
+            assert_eq!(
+                CartId::parse(&bad),
+                Err(IdError::MalformedCartId),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hold_origin_is_a_key_or_a_cart_and_no_key_passes_for_a_cart() {
+        let cart = CartId::generate(&UserId::new("u").unwrap());
+        let line = HoldOrigin::of_cart(cart.clone());
+        assert_eq!(HoldOrigin::parse(line.field()).unwrap(), line);
+        assert_eq!(line.cart(), Some(&cart));
+        let key = HoldOrigin::parse("k-1").unwrap();
+        assert_eq!(key.key().map(|k| k.as_str()), Some("k-1"));
+        assert!(
+            HoldOrigin::parse(cart.as_str()).is_err(),
+            "a cart id is not a key"
+        );
+        assert!(HoldOrigin::parse("#k-1").is_err());
     }
 }

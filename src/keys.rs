@@ -32,6 +32,17 @@ pub struct ShardKeys {
     pub moves: String,
 }
 
+/// The keys of one bucket of cart records, tagged `{cart~<bucket>}`: no SKU contains `~`,
+/// so no shard shares their slot by accident.
+#[derive(Debug, Clone)]
+pub struct CartKeys {
+    /// Cart records by cart id, and `<user>:<key>` to the cart a key made.
+    pub hash: String,
+    /// Sorted set: carts that are not finished, by when the maintenance pass is to look at
+    /// them (a held cart's deadline; a cart between steps, the end of its lease).
+    pub open: String,
+}
+
 /// The keys of the engine registry, all tagged `{engines}`.
 #[derive(Debug, Clone)]
 pub struct EngineKeys {
@@ -100,6 +111,15 @@ impl KeySpace {
         }
     }
 
+    /// The keys of cart bucket `bucket` (see [`crate::ids::CartId`]).
+    pub fn cart_bucket(&self, bucket: u16) -> CartKeys {
+        let hash = format!("{}{{cart~{bucket}}}", self.prefix);
+        CartKeys {
+            open: format!("{hash}:open"),
+            hash,
+        }
+    }
+
     /// The set of loaded SKUs, walked by the background sweeper.
     pub fn registry(&self) -> String {
         format!("{}skus", self.prefix)
@@ -123,6 +143,9 @@ mod tests {
         for key in [&engines.demand, &engines.claims] {
             assert!(key.starts_with("fs:{engines}:"), "{key}");
         }
+        let carts = keys.cart_bucket(5);
+        assert_eq!(carts.hash, "fs:{cart~5}");
+        assert_eq!(carts.open, "fs:{cart~5}:open");
         assert!(KeySpace::new("a{b").is_err());
         assert!(KeySpace::new("t-1:").is_ok());
     }

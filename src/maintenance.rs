@@ -1,5 +1,6 @@
-//! Background upkeep of live SKUs: expire holds past their deadline, and complete stock
-//! moves that a crash or a lost connection left half done.
+//! Background upkeep of live SKUs: expire holds past their deadline, complete stock
+//! moves that a crash or a lost connection left half done, and finish carts (expire those
+//! past their deadline, roll back or complete those whose engine left them between steps).
 //!
 //! Scripts also expire holds lazily when they meet a shortage, so the interval bounds how
 //! long expired units can sit unswept, not whether they come back.
@@ -87,6 +88,13 @@ async fn run_pass(
             Err(StoreError::Redis(error)) => return Err(StoreError::Redis(error)),
             Err(error) => tracing::warn!(%error, %sku, "maintenance of a sku failed"),
         }
+    }
+    // Carts whose deadline passed, or whose engine left them between steps.
+    match store.finish_due_carts().await {
+        Ok(0) => {}
+        Ok(carts) => tracing::debug!(carts, "carts finished"),
+        Err(StoreError::Redis(error)) => return Err(StoreError::Redis(error)),
+        Err(error) => tracing::warn!(%error, "finishing carts failed"),
     }
     Ok((swept, moves))
 }

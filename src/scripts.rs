@@ -47,6 +47,10 @@ pub struct Scripts {
     pub fence_shard: Script,
     /// `lua/unfence_shard.lua`: lifts a repair's fence.
     pub unfence_shard: Script,
+    /// `lua/cart_line.lua`: takes, confirms or releases one line of a cart on its shard.
+    pub cart_line: Script,
+    /// `lua/cart.lua`: a cart's record, moved on by compare-and-set (no prelude).
+    pub cart: Script,
     /// `lua/take_lease.lua`: takes a SKU's repair lease (no prelude).
     pub take_lease: Script,
     /// `lua/release_lease.lua`: gives up a SKU's repair lease (no prelude).
@@ -74,6 +78,8 @@ impl Scripts {
             restore_shard: with_prelude!("restore_shard.lua"),
             fence_shard: with_prelude!("fence_shard.lua"),
             unfence_shard: with_prelude!("unfence_shard.lua"),
+            cart_line: with_prelude!("cart_line.lua"),
+            cart: alone!("cart.lua"),
             take_lease: alone!("take_lease.lua"),
             release_lease: alone!("release_lease.lua"),
             heartbeat: alone!("heartbeat.lua"),
@@ -129,13 +135,15 @@ pub enum ScriptCode {
     Fenced,
     /// The caller routed by another shard count than the shard was loaded for.
     StaleRoute,
+    /// The hold is a cart's line: only its cart confirms or cancels it.
+    CartLine,
 }
 
 impl ScriptCode {
     /// The code for a script's integer, or `None` for one no script returns.
     pub fn from_i64(code: i64) -> Option<Self> {
         use ScriptCode::*;
-        const ALL: [ScriptCode; 19] = [
+        const ALL: [ScriptCode; 20] = [
             Ok,
             Replayed,
             ShardEmpty,
@@ -155,6 +163,7 @@ impl ScriptCode {
             Replaced,
             Fenced,
             StaleRoute,
+            CartLine,
         ];
         usize::try_from(code).ok().and_then(|i| ALL.get(i).copied())
     }
@@ -195,6 +204,7 @@ mod tests {
             ("REPLACED", ScriptCode::Replaced),
             ("FENCED", ScriptCode::Fenced),
             ("STALE_ROUTE", ScriptCode::StaleRoute),
+            ("CART_LINE", ScriptCode::CartLine),
         ];
         let declared = parse_prelude_codes(PRELUDE);
         assert_eq!(declared.len(), names.len(), "{declared:?}");
@@ -207,7 +217,7 @@ mod tests {
             assert_eq!(ScriptCode::from_i64(value), Some(code), "{name}");
         }
         assert_eq!(ScriptCode::from_i64(-1), None);
-        assert_eq!(ScriptCode::from_i64(19), None);
+        assert_eq!(ScriptCode::from_i64(20), None);
     }
 
     /// Reads `local A, B = 0, 1` lines of upper-case names from the prelude.

@@ -33,6 +33,17 @@ pub struct Problem {
     pub code: String,
 }
 
+/// One refused line of a cart, in a cart's problem (`lines`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemLine {
+    /// The line's SKU.
+    pub sku: String,
+    /// Why it was refused: the code a single reserve of it would have had.
+    pub code: String,
+    /// What that means.
+    pub detail: String,
+}
+
 /// The outcome code of a response, for metrics; set on every problem response.
 #[derive(Debug, Clone, Copy)]
 pub struct OutcomeCode(pub &'static str);
@@ -106,6 +117,12 @@ impl From<IdError> for ApiError {
                     detail: "no such reservation".into(),
                 }
             }
+            IdError::MalformedCartId => {
+                return Self::NotFound {
+                    code: "cart_not_found",
+                    detail: "no such cart".into(),
+                }
+            }
         };
         let code = match what {
             "sku" => "invalid_sku",
@@ -164,6 +181,8 @@ struct Parts {
     title: &'static str,
     detail: String,
     retry_after: Option<Duration>,
+    /// A refused cart's lines.
+    lines: Option<Vec<ProblemLine>>,
 }
 
 /// Seconds a client should wait after a failure of Redis or an overload.
@@ -194,6 +213,17 @@ impl ApiError {
         let (status, code, title, retry_after) = match self {
             Self::Store(error) => {
                 let status = match error {
+                    StoreError::CartRefused(lines) => match lines.first().map(|l| l.code) {
+                        Some("invalid_quantity") => S::UNPROCESSABLE_ENTITY,
+                        Some("sku_not_found") => S::NOT_FOUND,
+                        _ => S::CONFLICT,
+                    },
+                    StoreError::CartPending
+                    | StoreError::CartLine(_)
+                    | StoreError::CartConfirmed
+                    | StoreError::CartCancelled => S::CONFLICT,
+                    StoreError::CartNotFound => S::NOT_FOUND,
+                    StoreError::CartExpired => S::GONE,
                     StoreError::SoldOut
                     | StoreError::InsufficientStock
                     | StoreError::LimitExceeded
@@ -298,12 +328,26 @@ impl ApiError {
             }
             other => other.to_string(),
         };
+        let lines = match self {
+            Self::Store(StoreError::CartRefused(lines)) => Some(
+                lines
+                    .iter()
+                    .map(|line| ProblemLine {
+                        sku: line.sku.to_string(),
+                        code: line.code.to_owned(),
+                        detail: line.detail.clone(),
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        };
         Parts {
             status,
             code,
             title,
             detail,
             retry_after,
+            lines,
         }
     }
 }
@@ -340,17 +384,35 @@ fn title_of(code: &str) -> &'static str {
         "unavailable" => "Service unavailable",
         "recovering" => "SKU being repaired",
         "not_replicated" => "Confirm not yet on its replicas",
+        "cart_not_found" => "Cart not found",
+        "cart_pending" => "Cart between steps",
+        "cart_line" => "Reservation is a cart's line",
+        "cart_confirmed" => "Cart confirmed",
+        "cart_cancelled" => "Cart cancelled",
+        "cart_expired" => "Cart expired",
+        "invalid_cart" => "Invalid cart",
         _ => "Internal error",
     }
 }
 
 fn problem_body(parts: &Parts) -> Bytes {
-    let problem = Problem {
-        kind: format!("urn:flashsale:problem:{}", parts.code),
-        title: parts.title.to_owned(),
-        status: parts.status.as_u16(),
-        detail: parts.detail.clone(),
-        code: parts.code.to_owned(),
+    /// A problem with a refused cart's `lines`, when there are any.
+    #[derive(Serialize)]
+    struct WithLines<'a> {
+        #[serde(flatten)]
+        problem: Problem,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lines: Option<&'a Vec<ProblemLine>>,
+    }
+    let problem = WithLines {
+        problem: Problem {
+            kind: format!("urn:flashsale:problem:{}", parts.code),
+            title: parts.title.to_owned(),
+            status: parts.status.as_u16(),
+            detail: parts.detail.clone(),
+            code: parts.code.to_owned(),
+        },
+        lines: parts.lines.as_ref(),
     };
     Bytes::from(serde_json::to_vec(&problem).expect("a problem serializes"))
 }

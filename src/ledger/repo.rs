@@ -55,10 +55,10 @@ fn ledger_row(event: &Event) -> LedgerRow<'_> {
             rid,
             user,
             qty,
-            key,
+            origin,
             deadline_ms,
         } => LedgerRow {
-            key: Some(key.as_str()),
+            key: Some(origin.field()),
             detail: Some(format!("deadline_ms={deadline_ms}")),
             ..plain("reserved", Some(rid.as_str()), Some(user.as_str()), u64::from(*qty))
         },
@@ -355,14 +355,14 @@ macro_rules! ledger_impl {
                 for chunk in reserved.chunks(CHUNK) {
                     let mut upsert = QueryBuilder::<$db>::new(UPSERT_RESERVED);
                     upsert.push_values(chunk, |mut b, p| {
-                        if let Event::Reserved { rid, user, qty, key, deadline_ms } = p.event {
+                        if let Event::Reserved { rid, user, qty, origin, deadline_ms } = p.event {
                             b.push_bind(rid.as_str())
                                 .push_bind(p.sku)
                                 .push_bind(p.shard)
                                 .push_bind(user.as_str())
                                 .push_bind(i64::from(*qty))
                                 .push_bind("held")
-                                .push_bind(key.as_str())
+                                .push_bind(origin.field())
                                 .push_bind(*deadline_ms as i64)
                                 .push_bind(p.at);
                         }

@@ -102,7 +102,8 @@ pub(super) async fn build(
                 r.deadline_ms.unwrap_or(0)
             ),
         ));
-        if !key.is_empty() {
+        // A cart's line ("#<cart id>") has no key field: the cart's key is in its record.
+        if !key.is_empty() && !key.starts_with('#') {
             image
                 .fields
                 .push((format!("{}:{key}", r.user), r.rid.clone()));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::audit::{compare, redis_side, settled_by_id, Drift, RedisSide};
 use super::{image, RecoveryError};
 use crate::events::{Entry, Event};
-use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::ledger::{state_rank, Ledger, LedgerRepo};
 use crate::reconcile::Reconciler;
 use crate::sharding::home_shard;
@@ -239,7 +239,7 @@ async fn settle_what_only_redis_has(
         let (Ok(id), Ok(user), Ok(key)) = (
             ReservationId::parse(rid),
             UserId::new(hold.user.as_str()),
-            IdempotencyKey::new(hold.key.as_str()),
+            HoldOrigin::parse(hold.key.as_str()),
         ) else {
             continue;
         };
@@ -249,7 +249,7 @@ async fn settle_what_only_redis_has(
                 rid: id.clone(),
                 user: user.clone(),
                 qty: hold.quantity,
-                key,
+                origin: key,
                 deadline_ms: hold.deadline_ms,
             });
         }

@@ -2,7 +2,19 @@
 
 use crate::scripts::ScriptCode;
 
-use super::MAX_STOCK;
+use super::{LineRefusal, MAX_STOCK};
+use crate::ids::CartId;
+
+fn cart_refusal(lines: &[LineRefusal]) -> String {
+    let each: Vec<String> = lines
+        .iter()
+        .map(|line| format!("{}: {}", line.sku, line.detail))
+        .collect();
+    format!(
+        "the cart was refused and nothing of it is held ({})",
+        each.join("; ")
+    )
+}
 
 /// Why a store operation did not do what was asked. Refusals are expected outcomes of a
 /// sale; only [`StoreError::Redis`] and [`StoreError::Protocol`] are failures.
@@ -70,6 +82,30 @@ pub enum StoreError {
         /// Replicas asked for.
         wanted: u32,
     },
+    /// A cart was refused: nothing of it is held. The lines named are those refused (the
+    /// first one is the cart's reason); lines not named were not refused.
+    #[error("{}", cart_refusal(.0))]
+    CartRefused(Vec<LineRefusal>),
+    /// No such cart.
+    #[error("cart not found")]
+    CartNotFound,
+    /// The cart is between steps: being opened or rolled back, by this engine or another.
+    #[error(
+        "the cart is being opened or rolled back; retry shortly with the same Idempotency-Key"
+    )]
+    CartPending,
+    /// The reservation is a line of a cart: the cart is confirmed or cancelled, not its lines.
+    #[error("this reservation is a line of cart {0}: confirm or cancel the cart")]
+    CartLine(CartId),
+    /// The cart was confirmed, so it cannot be cancelled.
+    #[error("cart confirmed")]
+    CartConfirmed,
+    /// The cart was cancelled, so it cannot be confirmed.
+    #[error("cart cancelled")]
+    CartCancelled,
+    /// The cart's deadline passed before it was confirmed; its units went back.
+    #[error("cart expired: its deadline passed before it was confirmed")]
+    CartExpired,
     /// Redis failed or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -138,6 +174,13 @@ impl StoreError {
             Self::InvalidSpec(_) => "invalid_sku_spec",
             Self::Recovering => "recovering",
             Self::NotReplicated { .. } => "not_replicated",
+            Self::CartRefused(lines) => lines.first().map_or("cart_refused", |line| line.code),
+            Self::CartNotFound => "cart_not_found",
+            Self::CartPending => "cart_pending",
+            Self::CartLine(_) => "cart_line",
+            Self::CartConfirmed => "cart_confirmed",
+            Self::CartCancelled => "cart_cancelled",
+            Self::CartExpired => "cart_expired",
             Self::Contended | Self::Redis(_) | Self::Protocol(_) => "unavailable",
         }
     }

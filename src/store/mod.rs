@@ -15,6 +15,7 @@
 //! one hash slot: a script one shard's keys, a read one shard at a time.
 
 mod batcher;
+mod carts;
 mod connection;
 mod error;
 mod identity;
@@ -42,8 +43,9 @@ pub use connection::StoreConnection;
 pub use error::{ExpiredBecause, QuantityBound, StoreError};
 pub use repair::{RestoreOutcome, ShardImage, ShardRules, ShardSnapshot};
 pub use types::{
-    HoldState, Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport,
-    Totals, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
+    Cart, CartLine, CartLineRequest, CartOpened, CartRequest, CartState, HoldState, LineRefusal,
+    Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport, Totals,
+    MAX_CART_LINES, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
 };
 
 /// How often a reserve goes round "shard empty, move stock here, try again" before it

@@ -5,7 +5,7 @@ use redis::Value;
 use super::moves::Refill;
 use super::{parse, ExpiredBecause, HoldState, QuantityBound, Reservation, ReserveRequest};
 use super::{Reserved, Store, StoreError, MAX_RESERVE_ROUNDS};
-use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::scripts::{RawHold, RawReserve, ScriptCode};
 use crate::sharding::home_shard;
 
@@ -160,6 +160,7 @@ impl Store {
                     return reservation_from(id.sku(), reply, now);
                 }
                 ScriptCode::NoSku | ScriptCode::NotFound => return Err(StoreError::NotFound),
+                ScriptCode::CartLine => return Err(cart_line(&reply)),
                 ScriptCode::Expired if reason == "limit" => {
                     return Err(StoreError::Expired(ExpiredBecause::Limit))
                 }
@@ -181,7 +182,7 @@ impl Store {
     /// confirm still short of them is refused with [`StoreError::NotReplicated`] (it is in
     /// Redis, but a failover now could lose it; the client's retry replays it and waits
     /// again) and counted in [`Store::confirms_short_of_replicas`].
-    async fn wait_for_replicas(&self, id: &ReservationId) -> Result<(), StoreError> {
+    pub(super) async fn wait_for_replicas(&self, id: &ReservationId) -> Result<(), StoreError> {
         let Some(wait) = self.inner.confirm_wait else {
             return Ok(());
         };
@@ -225,6 +226,7 @@ impl Store {
             }
             ScriptCode::Replayed => reservation_from(id.sku(), reply, now),
             ScriptCode::NoSku | ScriptCode::NotFound => Err(StoreError::NotFound),
+            ScriptCode::CartLine => Err(cart_line(&reply)),
             other => Err(StoreError::from_code(other)),
         }
     }
@@ -345,6 +347,14 @@ impl Store {
     }
 }
 
+/// The refusal of a confirm or cancel of a cart's line, naming the cart.
+fn cart_line(reply: &RawHold) -> StoreError {
+    match HoldOrigin::parse(&reply.6) {
+        Ok(HoldOrigin::Cart { cart, .. }) => StoreError::CartLine(cart),
+        _ => StoreError::Protocol(format!("a cart line whose key is {:?}", reply.6)),
+    }
+}
+
 /// Builds a reservation from a script's reply about it.
 fn reservation_from(sku: &Sku, raw: RawHold, now_ms: u64) -> Result<Reservation, StoreError> {
     let (_, rid, state, user, qty, deadline, key) = raw;
@@ -358,7 +368,7 @@ fn reservation_from(sku: &Sku, raw: RawHold, now_ms: u64) -> Result<Reservation,
         user: UserId::new(user).map_err(|_| bad("user"))?,
         quantity: u32::try_from(qty).map_err(|_| bad("quantity"))?,
         deadline_ms: deadline,
-        key: IdempotencyKey::new(key).map_err(|_| bad("key"))?,
+        origin: HoldOrigin::parse(&key).map_err(|_| bad("key"))?,
         id,
     })
 }

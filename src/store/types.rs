@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CartId, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::sharding::MAX_SHARDS;
 
 use super::StoreError;
@@ -165,8 +165,8 @@ pub struct Reservation {
     pub state: HoldState,
     /// When the hold expires (or expired), ms since the Unix epoch, by Redis's clock.
     pub deadline_ms: u64,
-    /// The idempotency key that made it.
-    pub key: IdempotencyKey,
+    /// What made it: an idempotency key, or a cart (a cart's line).
+    pub origin: HoldOrigin,
 }
 
 impl Reservation {
@@ -218,4 +218,140 @@ pub struct SweepReport {
     pub expired: u64,
     /// Whether due holds remain because the work bound was reached.
     pub more: bool,
+}
+
+/// Most lines a cart may have.
+pub const MAX_CART_LINES: usize = 16;
+
+/// One line of a cart request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartLineRequest {
+    /// What to reserve.
+    pub sku: Sku,
+    /// How many units.
+    pub quantity: u32,
+}
+
+/// A cart request: several SKUs, held all together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartRequest {
+    /// Who reserves.
+    pub user: UserId,
+    /// The client's idempotency key for the whole cart.
+    pub key: IdempotencyKey,
+    /// 1 to [`MAX_CART_LINES`] lines, each SKU at most once.
+    pub lines: Vec<CartLineRequest>,
+}
+
+/// Where a cart stands (see `lua/cart.lua`). Only `Held`, `Confirmed`, `Cancelled` and
+/// `Expired` are outcomes; the others are steps on the way to one, which the engine or,
+/// after a crash, the maintenance pass finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CartState {
+    /// Its record is written; its lines are being taken.
+    Opening,
+    /// Every line is held, until the cart's deadline.
+    Held,
+    /// Its lines are being confirmed.
+    Confirming,
+    /// Every line is sold.
+    Confirmed,
+    /// Its lines are being cancelled.
+    Cancelling,
+    /// Every line was cancelled; the units went back.
+    Cancelled,
+    /// Its deadline passed unconfirmed; its lines are being returned.
+    Expiring,
+    /// Every line expired; the units went back.
+    Expired,
+    /// A line was refused (or the engine that opened it was lost): the lines taken are
+    /// being returned.
+    RollingBack,
+    /// Nothing of it is held; its key may make a cart again.
+    RolledBack,
+}
+
+impl CartState {
+    /// The state's name in the API and in the cart's record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opening => "opening",
+            Self::Held => "held",
+            Self::Confirming => "confirming",
+            Self::Confirmed => "confirmed",
+            Self::Cancelling => "cancelling",
+            Self::Cancelled => "cancelled",
+            Self::Expiring => "expiring",
+            Self::Expired => "expired",
+            Self::RollingBack => "rolling_back",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Reads a record's state.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Opening,
+            Self::Held,
+            Self::Confirming,
+            Self::Confirmed,
+            Self::Cancelling,
+            Self::Cancelled,
+            Self::Expiring,
+            Self::Expired,
+            Self::RollingBack,
+            Self::RolledBack,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// One line of a cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartLine {
+    /// The SKU.
+    pub sku: Sku,
+    /// Units.
+    pub quantity: u32,
+    /// The line's hold, readable as a reservation (its origin names the cart).
+    pub reservation: ReservationId,
+}
+
+/// One cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cart {
+    /// Its id.
+    pub id: CartId,
+    /// The user who holds it.
+    pub user: UserId,
+    /// The idempotency key that made it.
+    pub key: IdempotencyKey,
+    /// Where it stands. A held cart past its deadline reads as expired even before the
+    /// maintenance pass has returned its units.
+    pub state: CartState,
+    /// When its lines expire, all together, ms since the Unix epoch, by Redis's clock.
+    pub deadline_ms: u64,
+    /// Its lines, in SKU order (the order they are taken in).
+    pub lines: Vec<CartLine>,
+}
+
+/// The outcome of opening a cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartOpened {
+    /// The cart, held; or, for a repeated key, the original cart as it is now.
+    pub cart: Cart,
+    /// Whether the key had made this cart before.
+    pub replayed: bool,
+}
+
+/// Why one line of a cart was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineRefusal {
+    /// The line's SKU.
+    pub sku: Sku,
+    /// The refusal's stable code, as a single reserve of the line would have had it.
+    pub code: &'static str,
+    /// What it means.
+    pub detail: String,
 }

@@ -1,6 +1,7 @@
 //! Tests of the reservation core against real `redis-server` processes, each test starting
 //! its own on a free port (see `flashsale_testkit::LocalRedis`).
 
+mod carts;
 mod coalescing;
 mod concurrency;
 mod expiry;

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashsale::events::Event;
-use flashsale::ids::{OpId, ReservationId};
+use flashsale::ids::{HoldOrigin, OpId, ReservationId};
 use flashsale::scripts::Scripts;
 use flashsale::store::{
     HoldState, Loaded, QuantityBound, SkuSpec, Store, StoreError, StoreOptions, Totals,
@@ -112,7 +112,7 @@ async fn reserve_holds_replays_and_refuses_each_case_with_its_own_error() {
     assert!(!first.replayed);
     let r = &first.reservation;
     assert_eq!(
-        (r.state, r.quantity, r.user.as_str(), r.key.as_str()),
+        (r.state, r.quantity, r.user.as_str(), r.origin.field()),
         (HoldState::Held, 2, "ann", "k1")
     );
     assert!(
@@ -573,7 +573,7 @@ async fn every_state_change_appends_its_event() {
             rid: a.id.clone(),
             user: ann.clone(),
             qty: 1,
-            key: key("ka"),
+            origin: HoldOrigin::Key(key("ka")),
             deadline_ms: a.deadline_ms
         }
     );

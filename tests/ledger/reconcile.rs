@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use flashsale::ids::random_token;
+use flashsale::ids::{random_token, HoldOrigin};
 use flashsale::ledger::{Ledger, LedgerRepo};
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::recovery::audit;
@@ -157,7 +157,7 @@ async fn the_order_of_delivery_does_not_matter() {
                 rid: rid.clone(),
                 user: ann,
                 qty: 1,
-                key,
+                origin: HoldOrigin::Key(key),
                 deadline_ms: 10,
             }],
         ),

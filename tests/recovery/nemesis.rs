@@ -228,7 +228,11 @@ impl Told {
         let acked = Acked {
             id: reservation.id.clone(),
             user: reservation.user.clone(),
-            key: reservation.key.clone(),
+            key: reservation
+                .origin
+                .key()
+                .cloned()
+                .expect("a reserve is made by a key"),
             epoch,
         };
         self.tracked.insert(rid, acked.clone());
