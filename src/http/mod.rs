@@ -4,6 +4,7 @@
 //! Handlers never touch Redis directly: they validate, ask [`Admission`], and call the
 //! [`Store`].
 
+mod carts;
 mod error;
 mod extract;
 mod health;
@@ -148,6 +149,10 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(reservations::get_reservation))
         .routes(routes!(reservations::confirm))
         .routes(routes!(reservations::cancel))
+        .routes(routes!(carts::open_cart))
+        .routes(routes!(carts::get_cart))
+        .routes(routes!(carts::confirm_cart))
+        .routes(routes!(carts::cancel_cart))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

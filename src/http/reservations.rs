@@ -96,6 +96,10 @@ pub struct ReservationView {
     pub status: ReservationStatus,
     /// When the hold expires or expired (RFC 3339, Redis's clock).
     pub expires_at: String,
+    /// The cart the reservation is a line of, if it is one: it is confirmed and cancelled
+    /// with its cart, not alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<String>,
 }
 
 impl From<&Reservation> for ReservationView {
@@ -107,6 +111,7 @@ impl From<&Reservation> for ReservationView {
             quantity: r.quantity,
             status: r.state.into(),
             expires_at: rfc3339(r.deadline_ms),
+            cart_id: r.origin.cart().map(ToString::to_string),
         }
     }
 }
@@ -120,7 +125,7 @@ pub struct CancelByKeyView {
     pub reservation: Option<ReservationView>,
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let value = headers.get(IDEMPOTENCY_KEY).ok_or(ApiError::BadRequest {
         code: "missing_idempotency_key",
         detail: "the Idempotency-Key header is required".into(),
@@ -138,7 +143,7 @@ fn reservation_id(text: &str) -> Result<ReservationId, ApiError> {
 }
 
 /// Times a store call into the Redis latency histogram.
-async fn timed<T>(
+pub(super) async fn timed<T>(
     state: &AppState,
     op: &str,
     call: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -317,7 +322,7 @@ pub async fn get_reservation(
     responses(
         (status = 200, description = "Confirmed (now or before)", body = ReservationView),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "reservation_cancelled", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "reservation_cancelled; cart_line (the reservation is a cart's line: confirm the cart)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "reservation_expired: confirmed late and the units are gone", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -341,7 +346,7 @@ pub async fn confirm(
     responses(
         (status = 200, description = "Cancelled (now or before), or found expired", body = ReservationView),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "reservation_confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "reservation_confirmed; cart_line (the reservation is a cart's line: cancel the cart)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
