@@ -202,17 +202,22 @@ pub(super) struct RedisHold {
     pub key: String,
 }
 
+/// A hold record as the audit compares it; `None` for what is not a reservation: a
+/// malformed record, or the tombstone of a cart's line that was released before it was
+/// taken (no units, no event: it is there only to refuse a take arriving late, see
+/// `lua/cart_line.lua`).
 fn parse_hold(shard: u16, packed: &str) -> Option<RedisHold> {
     let mut parts = packed.splitn(5, '|');
     let state = state_name(parts.next()?);
-    Some(RedisHold {
+    let hold = RedisHold {
         shard,
         state,
         user: parts.next()?.to_owned(),
         quantity: parts.next()?.parse().ok()?,
         deadline_ms: parts.next()?.parse().ok()?,
         key: parts.next()?.to_owned(),
-    })
+    };
+    (hold.quantity > 0).then_some(hold)
 }
 
 /// What Redis holds of a SKU.

@@ -123,6 +123,15 @@ impl Engine {
             .unwrap();
         assert!(reply.status().is_success(), "{:?}", reply.text().await);
     }
+
+    pub async fn get_sku(&self, sku: &str) -> Value {
+        reqwest::get(format!("{}/v1/skus/{sku}", self.base()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for Engine {
@@ -145,7 +154,7 @@ pub struct Final {
 
 /// Sends a request until it gets a definite answer (anything but a transport error or a
 /// 503), always the same request, as a careful client does.
-async fn until_answered(what: &str, send: impl Fn() -> reqwest::RequestBuilder) -> Final {
+pub async fn until_answered(what: &str, send: impl Fn() -> reqwest::RequestBuilder) -> Final {
     let mut attempts = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
