@@ -29,9 +29,12 @@
     cancel    ARGV[3] lease ms: held -> cancelling, or expiring past the deadline
     take_over ARGV[3] lease ms: for the maintenance pass, a cart whose time came: opening
               -> rolling_back, held -> expiring, a step renewed for the taker
+    restore   ARGV[3] the record (JSON) rebuilt from the ledger after Redis lost it, with
+              its key; a cart in a step is due at once. Only where the record is missing.
 
   Returns {now ms, outcome, record JSON or ""}. Outcomes:
     open:      opened | replayed (the key made this cart before; its record)
+    restore:   moved | unchanged (the record was there)
     move:      moved | conflict (the cart was not in the from state; its record)
     confirm, cancel, take_over: moved | unchanged (nothing to do from the state it is in)
     any:       missing (no such cart)
@@ -71,6 +74,13 @@ if op == 'open' then
   }
   redis.call('HSET', bucketKey, keyField, id)
   return { now, 'opened', save(record, tonumber(ARGV[6])) }
+end
+
+if op == 'restore' then
+  if redis.call('HEXISTS', bucketKey, id) == 1 then return { now, 'unchanged', '' } end
+  local record = cjson.decode(ARGV[3])
+  redis.call('HSET', bucketKey, record.user .. ':' .. record.key, id)
+  return { now, 'moved', save(record, 0) }
 end
 
 local text = redis.call('HGET', bucketKey, id)

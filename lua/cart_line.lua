@@ -15,7 +15,7 @@
   ARGV[3] operation: take | confirm | release
   ARGV[4] rid, ARGV[5] cart id, ARGV[6] user
   take:    ARGV[7] qty, ARGV[8] the cart's deadline (ms), ARGV[9] the SKU's shard count
-           the caller routed by
+           the caller routed by, ARGV[10] the cart's idempotency key, ARGV[11] its lines
   release: ARGV[7] the state the line ends in: x (cancelled or rolled back) or e (expired)
 
   Returns {now ms, shard avail after, reply}, reply {code, rid, state, user, qty, deadline
@@ -31,7 +31,9 @@
   release: OK (released now; or, when the line was never taken, a tombstone under its rid
            so that a take arriving late is refused), REPLAYED, CONFIRMED.
   Every operation: NO_SKU, FENCED; take also STALE_ROUTE.
-  Events: reserved {rid, user, qty, deadline, #cart}; confirmed {rid, user, qty, late};
+  Events: cart {cart id, user, key, lines, deadline} then reserved {rid, user, qty,
+  deadline, #cart} (the cart's terms with every line: the ledger rebuilds the record
+  from them); confirmed {rid, user, qty, late};
   cancelled or expired {rid, user, qty}; expired for lazy expiry of single holds.
 ]]
 local op, rid, cart, user = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -81,6 +83,7 @@ if op == 'take' then
   incr(user, qty)
   h = { rid = rid, state = 'h', user = user, qty = qty, deadline = deadline, key = tag }
   storeHold(h)
+  emit('cart|' .. cart .. '|' .. user .. '|' .. ARGV[10] .. '|' .. ARGV[11] .. '|' .. deadline)
   emit('reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. tag)
   return reply(OK, h)
 end

@@ -38,6 +38,7 @@
     reserved|rid|user|qty|deadline|key      confirmed|rid|user|qty|late
     cancelled|rid|user|qty                  expired|rid|user|qty
     barrier|user|key                        restocked|qty|op
+    cart|cart id|user|key|lines|deadline    (before each cart line's reserved: its cart)
     loaded|qty|limit|hold ms|start|end|shards
     moved_out|move|to shard|qty             moved_in|move|from shard|qty
     restored|qty                            (restore_shard.lua: the shard's new base)

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::ids::{HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CartId, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,21 @@ pub enum Event {
         user: UserId,
         /// Units.
         qty: u32,
+    },
+    /// The terms of the cart whose line the `reserved` event after it takes: written with
+    /// every line, so that the ledger can rebuild the cart's record (see
+    /// `lua/cart_line.lua`).
+    Cart {
+        /// The cart.
+        cart: CartId,
+        /// Its user.
+        user: UserId,
+        /// The idempotency key that made it.
+        key: IdempotencyKey,
+        /// How many lines it has.
+        lines: u16,
+        /// When its lines expire, ms since the epoch.
+        deadline_ms: u64,
     },
     /// A cancel by key found no reservation and barred the key.
     Barrier {
@@ -231,6 +246,16 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
                 Event::Cancelled { rid, user, qty }
             } else {
                 Event::Expired { rid, user, qty }
+            }
+        }
+        "cart" => {
+            arity(5)?;
+            Event::Cart {
+                cart: CartId::parse(rest[0]).map_err(|e| e.to_string())?,
+                user: user(rest[1])?,
+                key: key(rest[2])?,
+                lines: num(rest[3])?,
+                deadline_ms: num(rest[4])?,
             }
         }
         "barrier" => {

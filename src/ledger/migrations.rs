@@ -30,6 +30,11 @@ const SQLITE: Embedded = Embedded(&[
         "stock index",
         include_str!("../../migrations/sqlite/0003_stock_index.sql"),
     ),
+    (
+        4,
+        "carts",
+        include_str!("../../migrations/sqlite/0004_carts.sql"),
+    ),
 ]);
 
 const POSTGRES: Embedded = Embedded(&[
@@ -47,6 +52,11 @@ const POSTGRES: Embedded = Embedded(&[
         3,
         "stock index",
         include_str!("../../migrations/postgres/0003_stock_index.sql"),
+    ),
+    (
+        4,
+        "carts",
+        include_str!("../../migrations/postgres/0004_carts.sql"),
     ),
 ]);
 

@@ -75,6 +75,37 @@ pub struct LedgerReservation {
     pub deadline_ms: Option<u64>,
 }
 
+/// A cart as the ledger has it: the terms its lines carried, and those of its lines
+/// whose `reserved` event is settled (a cart left half opened has fewer than `lines`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerCart {
+    /// Cart id.
+    pub cart_id: String,
+    /// Buyer.
+    pub user: String,
+    /// The idempotency key that made it.
+    pub key: String,
+    /// How many lines it has.
+    pub lines: u16,
+    /// When its lines expire, ms since the epoch.
+    pub deadline_ms: u64,
+    /// Its settled lines, by SKU, as reservations.
+    pub settled: Vec<LedgerCartLine>,
+}
+
+/// One settled line of a cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerCartLine {
+    /// Reservation id.
+    pub rid: String,
+    /// The SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: u32,
+    /// `held`, `confirmed`, `cancelled` or `expired`.
+    pub state: String,
+}
+
 /// A SKU's rules as the ledger has them (from its latest load).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerSku {
@@ -349,6 +380,8 @@ pub trait LedgerRepo {
     async fn reservations(&self, sku: &str) -> Result<Vec<LedgerReservation>, LedgerError>;
     /// Every barrier of a SKU: (user, key).
     async fn barriers(&self, sku: &str) -> Result<Vec<(String, String)>, LedgerError>;
+    /// Every cart, with its settled lines.
+    async fn carts(&self) -> Result<Vec<LedgerCart>, LedgerError>;
     /// Every SKU with its rules.
     async fn skus(&self) -> Result<Vec<LedgerSku>, LedgerError>;
     /// Events applied in all (for tests and reports).
@@ -447,6 +480,9 @@ impl LedgerRepo for Ledger {
     }
     async fn barriers(&self, sku: &str) -> Result<Vec<(String, String)>, LedgerError> {
         dispatch!(self, l => l.barriers(sku).await)
+    }
+    async fn carts(&self) -> Result<Vec<LedgerCart>, LedgerError> {
+        dispatch!(self, l => l.carts().await)
     }
     async fn skus(&self) -> Result<Vec<LedgerSku>, LedgerError> {
         dispatch!(self, l => l.skus().await)

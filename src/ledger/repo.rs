@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
 use super::{
-    state_rank, Applied, LedgerError, LedgerFigures, LedgerRepo, LedgerReservation, LedgerSku,
-    StockAccount, StockRow,
+    state_rank, Applied, LedgerCart, LedgerCartLine, LedgerError, LedgerFigures, LedgerRepo,
+    LedgerReservation, LedgerSku, StockAccount, StockRow,
 };
 use crate::events::{Entry, Event};
 
@@ -81,6 +81,17 @@ fn ledger_row(event: &Event) -> LedgerRow<'_> {
             key: Some(key.as_str()),
             ..plain("barrier", None, Some(user.as_str()), 0)
         },
+        Event::Cart {
+            cart,
+            user,
+            key,
+            lines,
+            deadline_ms,
+        } => LedgerRow {
+            key: Some(key.as_str()),
+            detail: Some(format!("deadline_ms={deadline_ms}")),
+            ..plain("cart", Some(cart.as_str()), Some(user.as_str()), u64::from(*lines))
+        },
         Event::MovedOut { move_id, to, qty } => LedgerRow {
             detail: Some(format!("to={to}")),
             ..plain("moved_out", Some(move_id.as_str()), None, *qty)
@@ -129,6 +140,10 @@ const UPSERT_SETTLED_END: &str = " ON CONFLICT (rid) DO UPDATE SET \
 
 const INSERT_BARRIERS: &str = "INSERT INTO barriers (sku, user_id, idempotency_key, at_ms) ";
 const INSERT_BARRIERS_END: &str = " ON CONFLICT DO NOTHING";
+
+const INSERT_CARTS: &str =
+    "INSERT INTO carts (cart_id, user_id, idempotency_key, lines, deadline_ms, at_ms) ";
+const INSERT_CARTS_END: &str = " ON CONFLICT DO NOTHING";
 
 // A later load (by stream position) replaces the rules; an earlier one arriving late does not.
 const UPSERT_SKUS: &str = "INSERT INTO skus \
@@ -257,6 +272,14 @@ const SELECT_RESERVATIONS: &str = "SELECT rid, shard, user_id, quantity, state, 
 
 const SELECT_BARRIERS: &str =
     "SELECT user_id, idempotency_key FROM barriers WHERE sku = $1 ORDER BY user_id, idempotency_key";
+
+const SELECT_CARTS: &str = "SELECT cart_id, user_id, idempotency_key, lines, deadline_ms \
+    FROM carts ORDER BY cart_id";
+
+// A cart's lines are the reservations keyed '#<cart id>': one pass over them, grouped by
+// cart in Rust (the restore of a lost Redis is the only reader; no index is kept for it).
+const SELECT_CART_LINES: &str = "SELECT idempotency_key, rid, sku, quantity, state \
+    FROM reservations WHERE idempotency_key LIKE '#%' ORDER BY idempotency_key, sku";
 
 const SELECT_SKUS: &str = "SELECT sku, shards, per_user_limit, hold_ms, starts_at_ms, \
     ends_at_ms FROM skus ORDER BY sku";
@@ -415,6 +438,31 @@ macro_rules! ledger_impl {
                     insert.build().execute(&mut *tx).await?;
                 }
 
+                // A cart's terms come with each of its lines: the first one settled writes them.
+                let mut seen = std::collections::HashSet::new();
+                let carts: Vec<&&Placed> = fresh
+                    .iter()
+                    .filter(|p| match p.event {
+                        Event::Cart { cart, .. } => seen.insert(cart.as_str()),
+                        _ => false,
+                    })
+                    .collect();
+                for chunk in carts.chunks(CHUNK) {
+                    let mut insert = QueryBuilder::<$db>::new(INSERT_CARTS);
+                    insert.push_values(chunk, |mut b, p| {
+                        if let Event::Cart { cart, user, key, lines, deadline_ms } = p.event {
+                            b.push_bind(cart.as_str())
+                                .push_bind(user.as_str())
+                                .push_bind(key.as_str())
+                                .push_bind(i64::from(*lines))
+                                .push_bind(*deadline_ms as i64)
+                                .push_bind(p.at);
+                        }
+                    });
+                    insert.push(INSERT_CARTS_END);
+                    insert.build().execute(&mut *tx).await?;
+                }
+
                 // Rules: the latest load per SKU in this batch (all shards carry the same).
                 let mut loads: HashMap<&str, &Placed> = HashMap::new();
                 for p in fresh.iter().filter(|p| matches!(p.event, Event::Loaded { .. })) {
@@ -562,6 +610,33 @@ macro_rules! ledger_impl {
                     .iter()
                     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                     .collect::<Result<_, sqlx::Error>>()?)
+            }
+
+            async fn carts(&self) -> Result<Vec<LedgerCart>, LedgerError> {
+                let mut lines: HashMap<String, Vec<LedgerCartLine>> = HashMap::new();
+                for r in sqlx::query(SELECT_CART_LINES).fetch_all(&self.pool).await? {
+                    let key: String = r.try_get(0)?;
+                    lines.entry(key.trim_start_matches('#').to_owned()).or_default().push(LedgerCartLine {
+                        rid: r.try_get(1)?,
+                        sku: r.try_get(2)?,
+                        quantity: narrow(r.try_get::<i64, _>(3)?, "quantity")?,
+                        state: r.try_get(4)?,
+                    });
+                }
+                let rows = sqlx::query(SELECT_CARTS).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let cart_id: String = r.try_get(0)?;
+                        Ok(LedgerCart {
+                            settled: lines.remove(&cart_id).unwrap_or_default(),
+                            cart_id,
+                            user: r.try_get(1)?,
+                            key: r.try_get(2)?,
+                            lines: narrow(r.try_get::<i64, _>(3)?, "lines")?,
+                            deadline_ms: narrow(r.try_get::<i64, _>(4)?, "deadline")?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn skus(&self) -> Result<Vec<LedgerSku>, LedgerError> {

@@ -32,6 +32,7 @@
 //! the `flashsale audit` exit code) and repaired only by `flashsale audit --repair`.
 
 pub mod audit;
+pub mod carts;
 pub mod identity;
 mod image;
 pub mod repair;

@@ -290,6 +290,28 @@ impl Store {
         }
     }
 
+    /// Writes the record of `cart`, rebuilt from the ledger after Redis lost it, unless
+    /// Redis has one: with its key, and due at once for the maintenance pass if it is in a
+    /// step (held carts at their deadline). Returns whether it was written.
+    pub async fn restore_cart(&self, cart: &Cart) -> Result<bool, StoreError> {
+        let record = serde_json::json!({
+            "id": cart.id.as_str(),
+            "user": cart.user.as_str(),
+            "key": cart.key.as_str(),
+            "state": cart.state.as_str(),
+            "deadline": cart.deadline_ms,
+            "created": 0,
+            "lines": cart.lines.iter().map(|line| RecordLine {
+                sku: line.sku.to_string(),
+                qty: line.quantity,
+                rid: line.reservation.to_string(),
+            }).collect::<Vec<_>>(),
+        });
+        let mut call = self.cart_invocation("restore", &cart.id);
+        call.arg(record.to_string());
+        Ok(self.cart_reply(call).await?.outcome == "moved")
+    }
+
     /// `confirm` or `cancel` on the record: the cart as it is after the decision.
     async fn decide(&self, id: &CartId, op: &str) -> Result<Cart, StoreError> {
         let mut call = self.cart_invocation(op, id);
@@ -470,7 +492,11 @@ impl Store {
                 deadline_ms,
                 shards,
             } => {
-                call.arg(*quantity).arg(*deadline_ms).arg(*shards);
+                call.arg(*quantity)
+                    .arg(*deadline_ms)
+                    .arg(*shards)
+                    .arg(cart.key.as_str())
+                    .arg(cart.lines.len());
             }
             LineOp::Confirm => {}
             LineOp::Release(state) => {
@@ -512,6 +538,7 @@ impl Store {
         let now: u64 = parse(now)?;
         self.observe_redis_time(now);
         let cart = match outcome.as_str() {
+            _ if text.is_empty() => None,
             "missing" => None,
             _ => Some(cart_from(&text)?),
         };

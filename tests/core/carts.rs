@@ -220,6 +220,8 @@ async fn take_line(h: &Harness, cart: &Cart, index: usize) -> i64 {
         .arg(line.quantity)
         .arg(cart.deadline_ms)
         .arg(1)
+        .arg(cart.key.as_str())
+        .arg(cart.lines.len())
         .invoke_async(&mut h.store.connection())
         .await
         .unwrap();

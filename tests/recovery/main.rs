@@ -4,6 +4,7 @@
 
 #[path = "../http/support.rs"]
 mod app;
+mod carts;
 mod nemesis;
 mod protocol;
 mod sequences;
