@@ -30,6 +30,12 @@ target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/
 # ci-sale's 4 shards land on every master (1, 2 and 1 of them), every invariant checked.
 target/debug/flashsale-loadtest run --spawn --cluster-masters 3 --engines 2 --quiet \
   --config loadtest/scenarios/ci.toml --out target/loadtest-ci-cluster
+# Bundles: three buyers in ten take two SKUs in one cart, on one Redis and on the cluster
+# through two engines (a cart's lines on different masters); no cart ever partial.
+target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/bundle.toml \
+  --out target/loadtest-bundle
+target/debug/flashsale-loadtest run --spawn --cluster-masters 3 --engines 2 --quiet \
+  --config loadtest/scenarios/bundle.toml --out target/loadtest-bundle-cluster
 
 left=$(ls -A "$scratch")
 if [[ -n "$left" ]]; then

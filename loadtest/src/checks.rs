@@ -46,6 +46,42 @@ async fn settled_view(target: &Target, sku: &str, within: Duration) -> anyhow::R
     }
 }
 
+/// Every cart a buyer was told of, read whole: each of its lines must stand as its cart
+/// does (held, confirmed, cancelled, expired); a cart between steps at the end is one.
+async fn partial_carts(target: &Target, book: &Book) -> anyhow::Result<Option<String>> {
+    let mut conn = Connection::open(target).await?;
+    let mut partial = Vec::new();
+    for cart in book.carts.keys() {
+        let view = conn
+            .json(&Call::Get {
+                path: format!("/v1/carts/{cart}"),
+            })
+            .await?;
+        let status = view["status"].as_str().unwrap_or("missing").to_owned();
+        for line in view["lines"].as_array().into_iter().flatten() {
+            let rid = line["reservation_id"].as_str().unwrap_or_default();
+            let hold = conn
+                .json(&Call::Get {
+                    path: format!("/v1/reservations/{rid}"),
+                })
+                .await?;
+            if hold["status"] != status.as_str() {
+                partial.push(format!(
+                    "cart {cart} is {status}, its line {rid} {}",
+                    hold["status"]
+                ));
+            }
+        }
+        if !matches!(
+            status.as_str(),
+            "held" | "confirmed" | "cancelled" | "expired"
+        ) {
+            partial.push(format!("cart {cart} is {status} at the end"));
+        }
+    }
+    Ok((!partial.is_empty()).then(|| partial.join("; ")))
+}
+
 /// Checks every invariant; returns the violations by invariant.
 pub async fn verify(
     target: &Target,
@@ -89,6 +125,39 @@ pub async fn verify(
         "per_user_limit",
         (!over.is_empty()).then(|| over.join(", ")),
     );
+
+    if scenario.bundle.is_some() {
+        check("no_partial_cart", partial_carts(target, book).await?);
+    }
+    if let Some(bundle) = &scenario.bundle {
+        let view = settled_view(target, &bundle.sku, Duration::from_secs(60)).await?;
+        let n = |field: &str| view[field].as_u64().unwrap_or(0);
+        check(
+            "bundle_conserved",
+            (n("available") + n("held") + n("sold") != bundle.stock)
+                .then(|| format!("{}: {view}", bundle.sku)),
+        );
+        let bought = book
+            .carts_confirmed
+            .iter()
+            .filter_map(|cart| book.carts.get(cart))
+            .count() as u64;
+        check(
+            "bundle_sales_match_carts",
+            (bought != n("sold"))
+                .then(|| format!("{} sold, {bought} carts confirmed to buyers", n("sold"))),
+        );
+        check(
+            "bundle_nothing_left_held",
+            (scenario.closing_wave && n("held") > 0).then(|| {
+                format!(
+                    "{} units of {} still held at the end",
+                    n("held"),
+                    bundle.sku
+                )
+            }),
+        );
+    }
 
     let Some(inspect) = inspect else {
         check(

@@ -14,7 +14,7 @@ use crate::baseline::{serve_naive, serve_pg_hotrow};
 use crate::compare::{compare, CompareOptions};
 use crate::demo::{self, DemoOptions};
 use crate::sale::{run_sale, Setup};
-use crate::scenario::{Profile, Scenario};
+use crate::scenario::{Bundle, Profile, Scenario};
 use crate::serve::{serve, ServeOptions};
 use crate::spawn::SpawnOptions;
 
@@ -279,6 +279,10 @@ pub struct RunArgs {
     /// Run the closing wave even if the scenario file turns it off.
     #[arg(long)]
     pub closing_wave: bool,
+    /// A second SKU sold with the first in carts: `SKU:STOCK:SHARE`, the share of arrivals
+    /// that buy both in one cart (for example `case-1:80:0.3`).
+    #[arg(long, value_parser = parse_bundle)]
+    pub bundle: Option<Bundle>,
     /// Where report.json, chart.svg and report.html go.
     #[arg(long, default_value = "loadtest-out")]
     pub out: PathBuf,
@@ -292,6 +296,22 @@ pub struct RunArgs {
         conflicts_with = "target"
     )]
     pub engine_args: Vec<String>,
+}
+
+/// Reads `--bundle SKU:STOCK:SHARE`.
+fn parse_bundle(text: &str) -> Result<Bundle, String> {
+    let bad = || format!("expected SKU:STOCK:SHARE, such as case-1:80:0.3 (got {text:?})");
+    let mut parts = text.split(':');
+    let (Some(sku), Some(stock), Some(share), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    Ok(Bundle {
+        sku: sku.to_owned(),
+        stock: stock.parse().map_err(|_| bad())?,
+        share: share.parse().map_err(|_| bad())?,
+    })
 }
 
 impl RunArgs {
@@ -343,6 +363,9 @@ impl RunArgs {
                 ($($field:ident),*) => { $( if let Some(v) = self.$field { *$field = v; } )* };
             }
             spike!(peak, ramp_ms, hold_ms, decay_ms, tail);
+        }
+        if self.bundle.is_some() {
+            s.bundle = self.bundle.clone();
         }
         if self.no_closing_wave {
             s.closing_wave = false;

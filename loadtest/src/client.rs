@@ -64,6 +64,25 @@ pub enum Call {
         /// Reservation id.
         rid: String,
     },
+    /// `POST /v1/carts`: one unit of each SKU but the first, `quantity` of the first.
+    Cart {
+        /// Buyer.
+        user: String,
+        /// The SKUs and their units.
+        lines: Vec<(String, u32)>,
+        /// Idempotency key (the same on a retry).
+        key: String,
+    },
+    /// `POST /v1/carts/{id}/confirm`.
+    ConfirmCart {
+        /// Cart id.
+        cart: String,
+    },
+    /// `POST /v1/carts/{id}/cancel`.
+    CancelCart {
+        /// Cart id.
+        cart: String,
+    },
     /// `GET <path>`.
     Get {
         /// Path.
@@ -82,16 +101,31 @@ pub struct Answer {
     pub reservation_id: Option<String>,
     /// `Idempotent-Replayed: true` was set.
     pub replayed: bool,
+    /// The cart id, for a cart.
+    pub cart_id: Option<String>,
+    /// A cart's lines: SKU and reservation id.
+    pub lines: Vec<(String, String)>,
 }
 
 impl Answer {
     /// The outcome label: `held`, `replayed`, `confirmed`, `cancelled`, `ok`, or the
-    /// problem code (`sold_out`, `rate_limited`, ...).
+    /// problem code (`sold_out`, `rate_limited`, ...); for a cart's calls, the same with
+    /// `cart_` before it.
     pub fn outcome(&self, call: &Call) -> String {
         if let Some(code) = &self.code {
+            if matches!(
+                call,
+                Call::Cart { .. } | Call::ConfirmCart { .. } | Call::CancelCart { .. }
+            ) {
+                return format!("cart_{code}");
+            }
             return code.clone();
         }
         match (call, self.status) {
+            (Call::Cart { .. }, 201) if self.replayed => "cart_replayed".into(),
+            (Call::Cart { .. }, 201) => "cart_held".into(),
+            (Call::ConfirmCart { .. }, 200) => "cart_confirmed".into(),
+            (Call::CancelCart { .. }, 200) => "cart_cancelled".into(),
             (Call::Reserve { .. }, 201) if self.replayed => "replayed".into(),
             (Call::Reserve { .. }, 201) => "held".into(),
             (Call::Confirm { .. }, 200) => "confirmed".into(),
@@ -105,6 +139,16 @@ impl Answer {
 #[derive(Deserialize)]
 struct Body {
     code: Option<String>,
+    reservation_id: Option<String>,
+    cart_id: Option<String>,
+    #[serde(default)]
+    lines: Vec<LineBody>,
+}
+
+/// A cart's line, or a refused cart's line (which has no reservation).
+#[derive(Deserialize)]
+struct LineBody {
+    sku: String,
     reservation_id: Option<String>,
 }
 
@@ -156,6 +200,30 @@ impl Connection {
                 String::new(),
                 None,
             ),
+            Call::Cart { user, lines, key } => {
+                let lines: Vec<String> = lines
+                    .iter()
+                    .map(|(sku, quantity)| format!(r#"{{"sku":"{sku}","quantity":{quantity}}}"#))
+                    .collect();
+                (
+                    Method::POST,
+                    "/v1/carts".to_owned(),
+                    format!(r#"{{"user_id":"{user}","lines":[{}]}}"#, lines.join(",")),
+                    Some(key.as_str()),
+                )
+            }
+            Call::ConfirmCart { cart } => (
+                Method::POST,
+                format!("/v1/carts/{cart}/confirm"),
+                String::new(),
+                None,
+            ),
+            Call::CancelCart { cart } => (
+                Method::POST,
+                format!("/v1/carts/{cart}/cancel"),
+                String::new(),
+                None,
+            ),
             Call::Get { path } => (Method::GET, path.clone(), String::new(), None),
         };
         let mut request = Request::builder()
@@ -177,12 +245,27 @@ impl Connection {
         let replayed = response.headers().contains_key("idempotent-replayed");
         let bytes = response.into_body().collect().await?.to_bytes();
         let parsed: Option<Body> = serde_json::from_slice(&bytes).ok();
-        let (code, reservation_id) = parsed.map_or((None, None), |b| (b.code, b.reservation_id));
+        let Some(body) = parsed else {
+            return Ok(Answer {
+                status,
+                code: None,
+                reservation_id: None,
+                replayed,
+                cart_id: None,
+                lines: Vec::new(),
+            });
+        };
         Ok(Answer {
             status,
-            code,
-            reservation_id,
+            code: body.code,
+            reservation_id: body.reservation_id,
             replayed,
+            cart_id: body.cart_id,
+            lines: body
+                .lines
+                .into_iter()
+                .filter_map(|line| Some((line.sku, line.reservation_id?)))
+                .collect(),
         })
     }
 

@@ -50,6 +50,8 @@ pub struct Verdict {
 /// The report of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Carts, when the scenario has a bundle.
+    pub carts: Option<CartFigures>,
     /// The scenario replayed.
     pub scenario: Scenario,
     /// Answers per second over the arrival phase.
@@ -104,6 +106,10 @@ impl Report {
         let recorder = &run.recorder;
         let secs = run.elapsed.as_secs_f64().max(1e-9);
         Self {
+            carts: scenario
+                .bundle
+                .as_ref()
+                .map(|_| CartFigures::of(&run.book, secs)),
             scenario: scenario.clone(),
             throughput_rps: recorder.overall.len() as f64 / secs,
             arrivals: run.arrivals,
@@ -143,6 +149,41 @@ impl Report {
             cpu_per_reservation: measured.cpu_per_reservation,
             cpu_per_request: measured.cpu_per_request,
             topology: measured.topology,
+        }
+    }
+}
+
+/// What the carts of a bundle scenario did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CartFigures {
+    /// Carts held (every line).
+    pub held: u64,
+    /// Of those, confirmed by their buyer.
+    pub confirmed: u64,
+    /// Of those, cancelled by their buyer.
+    pub cancelled: u64,
+    /// Carts refused (nothing held).
+    pub refused: u64,
+    /// Carts held per second of the arrival phase.
+    pub held_per_second: f64,
+    /// A refused cart, from its send to its answer, ms: the lines it took were returned
+    /// before the answer, so this bounds how long its units were away from other buyers.
+    pub refusal_ms: Percentiles,
+}
+
+impl CartFigures {
+    fn of(book: &crate::run::Book, secs: f64) -> Self {
+        let mut refusals = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits");
+        for us in &book.cart_refusals_us {
+            let _ = refusals.record((*us).max(1));
+        }
+        Self {
+            held: book.carts.len() as u64,
+            confirmed: book.carts_confirmed.len() as u64,
+            cancelled: book.carts_cancelled.len() as u64,
+            refused: book.cart_refusals_us.len() as u64,
+            held_per_second: book.carts.len() as f64 / secs,
+            refusal_ms: Percentiles::of(&refusals),
         }
     }
 }
@@ -192,6 +233,22 @@ impl fmt::Display for Report {
             sku["available"],
             self.closing_wave_bought
         )?;
+        if let Some(carts) = &self.carts {
+            writeln!(
+                f,
+                "carts: {} held ({:.0}/s), {} confirmed, {} cancelled, {} refused; a refused \
+                 cart's units were away at most its answer's time: p50 {:.2} ms, p99 {:.2} ms, \
+                 max {:.2} ms",
+                carts.held,
+                carts.held_per_second,
+                carts.confirmed,
+                carts.cancelled,
+                carts.refused,
+                carts.refusal_ms.p50,
+                carts.refusal_ms.p99,
+                carts.refusal_ms.max
+            )?;
+        }
         if let Some(topology) = &self.topology {
             writeln!(f, "topology: {topology}")?;
         }

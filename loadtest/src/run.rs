@@ -36,6 +36,16 @@ pub struct Book {
     pub confirmed: HashSet<String>,
     /// Reservations cancelled by their buyer.
     pub cancelled: HashSet<String>,
+    /// Carts held: cart id -> its buyer and lines (SKU, reservation id).
+    pub carts: HashMap<String, (String, Vec<(String, String)>)>,
+    /// Carts confirmed to their buyer.
+    pub carts_confirmed: HashSet<String>,
+    /// Carts cancelled by their buyer.
+    pub carts_cancelled: HashSet<String>,
+    /// Refused carts: how long each took from its send to its answer, us. The lines a
+    /// refused cart took were returned before the answer, so this bounds how long its
+    /// units were away from other buyers.
+    pub cart_refusals_us: Vec<u64>,
 }
 
 impl Book {
@@ -111,16 +121,22 @@ async fn worker(
         if connection.is_none() {
             connection = Connection::open(&target).await.ok();
         }
+        let sent_at = Instant::now();
         let answer = match connection.as_mut() {
             Some(conn) => tokio::time::timeout(timeout, conn.send(&job.call)).await,
             None => Ok(Err(anyhow::anyhow!("cannot connect"))),
         };
+        let from_send = sent_at.elapsed();
         shared.sent.fetch_add(1, Ordering::Relaxed);
         let latency = job.intended.elapsed();
         let at = job.intended.saturating_duration_since(shared.start);
         let outcome = match answer {
             Ok(Ok(answer)) => {
                 let outcome = answer.outcome(&job.call);
+                if matches!(job.call, Call::Cart { .. }) && answer.status >= 400 {
+                    let us = from_send.as_micros() as u64;
+                    shared.book.lock().cart_refusals_us.push(us);
+                }
                 follow_up(&shared, &job, &answer, &outcome);
                 outcome
             }
@@ -133,7 +149,8 @@ async fn worker(
                 // The answer may still come on this connection: start a fresh one.
                 connection = None;
                 shared.failed.fetch_add(1, Ordering::Relaxed);
-                if matches!(job.call, Call::Reserve { .. }) && job.attempt < shared.scenario.retries
+                if matches!(job.call, Call::Reserve { .. } | Call::Cart { .. })
+                    && job.attempt < shared.scenario.retries
                 {
                     shared.enqueue(Job {
                         intended: Instant::now(),
@@ -176,18 +193,54 @@ fn follow_up(shared: &Arc<Shared>, job: &Job, answer: &crate::client::Answer, ou
             } else {
                 return; // abandoned: the hold expires
             };
-            let think = Duration::from_millis(shared.scenario.think_ms);
-            shared.outstanding.fetch_add(1, Ordering::AcqRel);
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(think).await;
-                let _ = shared.queue.try_send(Job {
-                    call,
-                    intended: Instant::now(),
-                    user: None,
-                    attempt: 0,
-                });
-            });
+            later(shared, call);
+        }
+        (Call::Cart { lines, .. }, "cart_held" | "cart_replayed") => {
+            shared.held.fetch_add(1, Ordering::Relaxed);
+            let Some(cart) = answer.cart_id.clone() else {
+                return;
+            };
+            let user = job.user.clone().unwrap_or_default();
+            let fresh = {
+                let mut book = shared.book.lock();
+                // The first SKU's line is a hold of it like any other, for its checks.
+                let quantity = lines.first().map_or(1, |(_, q)| *q);
+                for (sku, rid) in &answer.lines {
+                    if *sku == shared.scenario.sku {
+                        book.holds.insert(rid.clone(), (user.clone(), quantity));
+                    }
+                }
+                book.carts
+                    .insert(cart.clone(), (user, answer.lines.clone()))
+                    .is_none()
+            };
+            if fresh {
+                let call = |roll: f64| {
+                    if roll < shared.scenario.confirm_share {
+                        Some(Call::ConfirmCart { cart: cart.clone() })
+                    } else if roll < shared.scenario.confirm_share + shared.scenario.cancel_share {
+                        Some(Call::CancelCart { cart: cart.clone() })
+                    } else {
+                        None // abandoned: the cart expires
+                    }
+                };
+                if let Some(call) = call(rand::rng().random()) {
+                    later(shared, call);
+                }
+            }
+        }
+        (Call::ConfirmCart { cart }, "cart_confirmed") => {
+            let mut book = shared.book.lock();
+            book.carts_confirmed.insert(cart.clone());
+            let lines = book.carts.get(cart).map(|(_, lines)| lines.clone());
+            for (sku, rid) in lines.unwrap_or_default() {
+                if sku == shared.scenario.sku {
+                    book.confirmed.insert(rid);
+                }
+            }
+        }
+        (Call::CancelCart { cart }, "cart_cancelled") => {
+            shared.book.lock().carts_cancelled.insert(cart.clone());
         }
         (Call::Confirm { rid }, "confirmed") => {
             shared.book.lock().confirmed.insert(rid.clone());
@@ -195,11 +248,43 @@ fn follow_up(shared: &Arc<Shared>, job: &Job, answer: &crate::client::Answer, ou
         (Call::Cancel { rid }, "cancelled") => {
             shared.book.lock().cancelled.insert(rid.clone());
         }
-        (_, "sold_out" | "insufficient_stock" | "limit_exceeded" | "rate_limited") => {
+        (
+            _,
+            "sold_out"
+            | "insufficient_stock"
+            | "limit_exceeded"
+            | "rate_limited"
+            | "cart_sold_out"
+            | "cart_insufficient_stock"
+            | "cart_limit_exceeded"
+            | "cart_rate_limited",
+        ) => {
             shared.refused.fetch_add(1, Ordering::Relaxed);
         }
         _ => {}
     }
+}
+
+/// Whether arrival `n` is a bundle buyer's, when a `share` of them are: the arrivals where
+/// the running count of bundles goes up.
+fn bundles_at(n: u64, share: f64) -> bool {
+    ((n + 1) as f64 * share).floor() > (n as f64 * share).floor()
+}
+
+/// Sends `call` after the buyer's think time.
+fn later(shared: &Arc<Shared>, call: Call) {
+    let think = Duration::from_millis(shared.scenario.think_ms);
+    shared.outstanding.fetch_add(1, Ordering::AcqRel);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(think).await;
+        let _ = shared.queue.try_send(Job {
+            call,
+            intended: Instant::now(),
+            user: None,
+            attempt: 0,
+        });
+    });
 }
 
 fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
@@ -276,13 +361,25 @@ pub async fn replay(
             tokio::time::sleep_until(intended.into()).await;
         }
         let user = format!("user-{}", n as u64 % scenario.users);
-        shared.enqueue(Job {
-            call: Call::Reserve {
+        let call = match &scenario.bundle {
+            // Every k-th arrival is a bundle buyer, k from the share: spread evenly.
+            Some(bundle) if bundles_at(n as u64, bundle.share) => Call::Cart {
+                user: user.clone(),
+                lines: vec![
+                    (scenario.sku.clone(), scenario.quantity),
+                    (bundle.sku.clone(), 1),
+                ],
+                key: format!("cart-{n}"),
+            },
+            _ => Call::Reserve {
                 sku: scenario.sku.clone(),
                 user: user.clone(),
                 quantity: scenario.quantity,
                 key: format!("order-{n}"),
             },
+        };
+        shared.enqueue(Job {
+            call,
             intended,
             user: Some(user),
             attempt: 0,

@@ -41,21 +41,26 @@ pub struct Setup {
     pub progress: bool,
 }
 
-/// Loads the scenario's SKU through the admin API.
+/// Loads the scenario's SKU (and its bundle's) through the admin API.
 async fn load_sku(target: &Target, token: &str, scenario: &Scenario) -> anyhow::Result<()> {
-    let body = json!({
-        "stock": scenario.stock,
-        "shards": scenario.shards,
-        "per_user_limit": scenario.per_user_limit,
-        "hold_seconds": scenario.hold_seconds,
-    });
-    let status =
-        crate::client::put_json(target, &format!("/v1/skus/{}", scenario.sku), token, &body)
-            .await?;
-    anyhow::ensure!(
-        status == 200 || status == 201,
-        "loading the SKU answered {status}"
-    );
+    let mut skus = vec![(scenario.sku.as_str(), scenario.stock)];
+    if let Some(bundle) = &scenario.bundle {
+        skus.push((bundle.sku.as_str(), bundle.stock));
+    }
+    for (sku, stock) in skus {
+        let body = json!({
+            "stock": stock,
+            "shards": scenario.shards,
+            "per_user_limit": scenario.per_user_limit,
+            "hold_seconds": scenario.hold_seconds,
+        });
+        let status =
+            crate::client::put_json(target, &format!("/v1/skus/{sku}"), token, &body).await?;
+        anyhow::ensure!(
+            status == 200 || status == 201,
+            "loading {sku} answered {status}"
+        );
+    }
     Ok(())
 }
 

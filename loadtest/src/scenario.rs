@@ -86,6 +86,19 @@ impl Profile {
     }
 }
 
+/// A second SKU sold with the first in carts (the phone and its case): a share of the
+/// arrivals buy both, all together or not at all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// The second SKU (same per-user limit and hold as the first).
+    pub sku: String,
+    /// Its units on sale.
+    pub stock: u64,
+    /// Share of arrivals that send a cart of one unit of it with their units of the first.
+    pub share: f64,
+}
+
 /// Everything a run needs to know.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -123,6 +136,8 @@ pub struct Scenario {
     /// After the arrivals, wait for abandoned holds to expire and send buyers who all
     /// confirm until the SKU is sold out: the sale must end with every unit sold.
     pub closing_wave: bool,
+    /// Carts of the SKU and a second one, for a share of the buyers.
+    pub bundle: Option<Bundle>,
 }
 
 impl Default for Scenario {
@@ -150,6 +165,7 @@ impl Default for Scenario {
             retries: 1,
             connections: 128,
             closing_wave: true,
+            bundle: None,
         }
     }
 }
@@ -176,6 +192,13 @@ impl Scenario {
             "confirm_share and cancel_share must be shares that add up to at most 1"
         );
         anyhow::ensure!(self.hold_seconds > 0.0, "hold_seconds must be positive");
+        if let Some(bundle) = &self.bundle {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&bundle.share),
+                "bundle.share must be a share, from 0 to 1"
+            );
+            anyhow::ensure!(bundle.sku != self.sku, "bundle.sku must be another SKU");
+        }
         Ok(())
     }
 
