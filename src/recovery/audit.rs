@@ -38,11 +38,13 @@ pub enum DriftKind {
     BarrierMissingInLedger,
     /// Units (stock, available, held, sold) differ.
     TotalsMismatch,
+    /// The ledger has a cart (not rolled back), Redis has no record of it.
+    CartMissingInRedis,
 }
 
 impl DriftKind {
     /// Every kind.
-    pub const ALL: [DriftKind; 8] = [
+    pub const ALL: [DriftKind; 9] = [
         Self::SkuMissingInRedis,
         Self::SkuMissingInLedger,
         Self::ReservationMissingInRedis,
@@ -51,6 +53,7 @@ impl DriftKind {
         Self::BarrierMissingInRedis,
         Self::BarrierMissingInLedger,
         Self::TotalsMismatch,
+        Self::CartMissingInRedis,
     ];
 
     /// The kind's name in reports and metrics.
@@ -64,6 +67,7 @@ impl DriftKind {
             Self::BarrierMissingInRedis => "barrier_missing_in_redis",
             Self::BarrierMissingInLedger => "barrier_missing_in_ledger",
             Self::TotalsMismatch => "totals_mismatch",
+            Self::CartMissingInRedis => "cart_missing_in_redis",
         }
     }
 }
@@ -314,6 +318,11 @@ pub async fn run(
                 SkuRepair::Busy => report.busy.push(name),
             }
         }
+        // Every SKU's holds are back: now the records of the carts they are lines of.
+        report.drifts.extend(missing_carts(store, ledger).await?);
+        if report.busy.is_empty() {
+            super::carts::restore_carts(store, ledger).await?;
+        }
         return Ok(report);
     }
     if let Some(reconciler) = reconciler {
@@ -329,7 +338,33 @@ pub async fn run(
         report.reservations += audit.reservations;
         report.drifts.extend(audit.drifts);
     }
+    report.drifts.extend(missing_carts(store, ledger).await?);
     Ok(report)
+}
+
+/// The carts the ledger has and Redis has no record of (a cart rolled back leaves nothing
+/// to look for: its key is free again).
+async fn missing_carts(store: &Store, ledger: &Ledger) -> Result<Vec<Drift>, RecoveryError> {
+    let mut drifts = Vec::new();
+    for cart in ledger.carts().await? {
+        let Some(state) = super::carts::state_from_ledger(&cart) else {
+            continue;
+        };
+        let Ok(id) = crate::ids::CartId::parse(&cart.cart_id) else {
+            continue;
+        };
+        if store.cart_recorded(&id).await? {
+            continue;
+        }
+        let sku = cart.settled.first().map_or("", |line| line.sku.as_str());
+        drifts.push(Drift::new(
+            sku,
+            DriftKind::CartMissingInRedis,
+            &cart.cart_id,
+            format!("redis: none; ledger: {}", state.as_str()),
+        ));
+    }
+    Ok(drifts)
 }
 
 /// What comparing one SKU found.

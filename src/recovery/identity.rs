@@ -81,8 +81,6 @@ pub async fn check_identity(
                 }
                 tracing::warn!(%report, "redis restarted and lost data; repaired from the ledger");
             }
-            // Every SKU's holds are back: now the records of the carts they are lines of.
-            super::carts::restore_carts(store, ledger).await?;
         }
     }
     store.mark_identity(&run_id).await?;

@@ -290,6 +290,16 @@ impl Store {
         }
     }
 
+    /// Whether Redis has a record of the cart (any state, rolled back included).
+    pub async fn cart_recorded(&self, id: &CartId) -> Result<bool, StoreError> {
+        let keys = self.inner.keys.cart_bucket(id.bucket());
+        Ok(redis::cmd("HEXISTS")
+            .arg(keys.hash)
+            .arg(id.as_str())
+            .query_async(&mut self.connection())
+            .await?)
+    }
+
     /// Writes the record of `cart`, rebuilt from the ledger after Redis lost it, unless
     /// Redis has one: with its key, and due at once for the maintenance pass if it is in a
     /// step (held carts at their deadline). Returns whether it was written.
