@@ -233,11 +233,7 @@ async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Res
     let opened = timed(&state, "cart", state.store.open_cart(&request)).await;
     drop(permits);
     for line in &request.lines {
-        if state.admission.gate(&line.sku).is_none() {
-            if let Ok(config) = state.store.config(&line.sku).await {
-                state.admission.know(&config);
-            }
-        }
+        state.learn(&line.sku).await;
     }
     let opened = opened?;
     Ok(cart_created(&opened.cart, opened.replayed))

@@ -105,6 +105,16 @@ impl AppState {
         self.admission.admit_call().map_err(|r| self.refused(r))
     }
 
+    /// Gives admission a gate for `sku` if it has none yet, from the configuration the
+    /// store call just read: the next refusal of it can then come from memory.
+    async fn learn(&self, sku: &crate::ids::Sku) {
+        if self.admission.gate(sku).is_none() {
+            if let Ok(config) = self.store.config(sku).await {
+                self.admission.know(&config);
+            }
+        }
+    }
+
     /// Refuses while the store's Redis is suspect (a connection dropped and the gate task
     /// has not yet checked the Redis that answers now).
     fn trusted(&self) -> Result<(), ApiError> {

@@ -249,11 +249,7 @@ async fn hold(
         .map_err(|refusal| state.refused(refusal))?;
     let result = timed(&state, "reserve", state.store.reserve(&request)).await;
     drop(permit);
-    if state.admission.gate(&request.sku).is_none() {
-        if let Ok(config) = state.store.config(&request.sku).await {
-            state.admission.know(&config);
-        }
-    }
+    state.learn(&request.sku).await;
     let reserved = match result {
         Ok(reserved) => reserved,
         Err(StoreError::SoldOut) => {

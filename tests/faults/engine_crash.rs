@@ -6,22 +6,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashsale::ids::random_token;
-use flashsale::ledger::Ledger;
-use flashsale::reconcile::{ReconcileOptions, Reconciler};
-use flashsale::recovery::audit;
-use flashsale::store::{Store, StoreOptions};
 use flashsale_testkit::{Fsync, LocalRedis, LocalRedisOptions};
 use serde_json::json;
 
 use reqwest::StatusCode;
 
 use crate::engine::{until_answered, Engine};
-use crate::sale::{run_buyers, verify};
+use crate::sale::{run_buyers, settled_and_audited, verify};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_engine_restarts_and_retried_requests_take_effect_once() {
-    const STOCK: u64 = 300;
-    const BUYERS: u64 = 600;
+/// A Redis that loses nothing (`appendfsync always`), an SQLite ledger, and an engine on
+/// them under a key prefix of the test's own.
+struct Durable {
+    redis: LocalRedis,
+    _dir: tempfile::TempDir,
+    database_url: String,
+    prefix: String,
+    engine: Engine,
+}
+
+async fn durable() -> Durable {
     let redis = LocalRedis::start_with(LocalRedisOptions {
         aof: Some(Fsync::Always),
     })
@@ -29,7 +32,27 @@ async fn a_killed_engine_restarts_and_retried_requests_take_effect_once() {
     let dir = tempfile::tempdir().unwrap();
     let database_url = format!("sqlite://{}/ledger.db", dir.path().display());
     let prefix = format!("f{}:", random_token());
-    let mut engine = Engine::start(&redis.url(), &database_url, &prefix, &[]).await;
+    let engine = Engine::start(&redis.url(), &database_url, &prefix, &[]).await;
+    Durable {
+        redis,
+        _dir: dir,
+        database_url,
+        prefix,
+        engine,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_engine_restarts_and_retried_requests_take_effect_once() {
+    const STOCK: u64 = 300;
+    const BUYERS: u64 = 600;
+    let Durable {
+        redis,
+        _dir,
+        database_url,
+        prefix,
+        mut engine,
+    } = durable().await;
     engine
         .put_sku(
             "sale",
@@ -80,14 +103,13 @@ async fn a_killed_engine_leaves_no_partial_cart() {
     const STOCK: u64 = 120;
     const BUYERS: u64 = 200;
     const SKUS: [&str; 2] = ["phone", "case"];
-    let redis = LocalRedis::start_with(LocalRedisOptions {
-        aof: Some(Fsync::Always),
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let database_url = format!("sqlite://{}/ledger.db", dir.path().display());
-    let prefix = format!("f{}:", random_token());
-    let mut engine = Engine::start(&redis.url(), &database_url, &prefix, &[]).await;
+    let Durable {
+        redis,
+        _dir,
+        database_url,
+        prefix,
+        mut engine,
+    } = durable().await;
     for sku in SKUS {
         engine
             .put_sku(
@@ -236,17 +258,7 @@ async fn a_killed_engine_leaves_no_partial_cart() {
     }
     // The ledger, once settled, agrees with Redis reservation by reservation: lines,
     // returned lines and the tombstones of lines never taken included.
-    let store = Store::connect(&StoreOptions {
-        prefix: prefix.clone(),
-        ..StoreOptions::new(redis.url())
-    })
-    .await
-    .unwrap();
-    let ledger = Ledger::connect(&database_url).await.unwrap();
-    let reconciler = Reconciler::new(store.clone(), ledger.clone(), ReconcileOptions::new(), None);
-    assert!(reconciler.drain(Duration::from_secs(60)).await.unwrap());
-    let report = audit::run(&store, &ledger, None, false).await.unwrap();
-    assert!(report.drifts.is_empty(), "{report}");
+    settled_and_audited(&redis.url(), &prefix, &database_url).await;
     println!(
         "engine SIGKILL mid-cart: {carts} carts recorded, {held} held or bought, none partial"
     );

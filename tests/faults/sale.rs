@@ -109,17 +109,13 @@ pub struct Outcome {
     pub retries: u64,
 }
 
-/// Settles the streams, then checks: every hold told to a buyer exists once, confirmed
-/// ones confirmed, nothing else was reserved (retries doubled nothing), nothing oversold,
-/// the ledger equals Redis.
-pub async fn verify(
+/// Settles every stream into the ledger and checks that the audit finds the ledger equal
+/// to Redis; returns a store and the ledger for the checks that follow.
+pub async fn settled_and_audited(
     redis_url: &str,
     prefix: &str,
     database_url: &str,
-    sku: &str,
-    stock: u64,
-    told: &Told,
-) -> Outcome {
+) -> (Store, Ledger) {
     let store = Store::connect(&StoreOptions {
         prefix: prefix.to_owned(),
         ..StoreOptions::new(redis_url)
@@ -134,9 +130,23 @@ pub async fn verify(
         reconciler.drain(Duration::from_secs(60)).await.unwrap(),
         "streams not settled"
     );
-
     let report = audit::run(&store, &ledger, None, false).await.unwrap();
     assert!(report.drifts.is_empty(), "{report}");
+    (store, ledger)
+}
+
+/// Settles the streams, then checks: every hold told to a buyer exists once, confirmed
+/// ones confirmed, nothing else was reserved (retries doubled nothing), nothing oversold,
+/// the ledger equals Redis.
+pub async fn verify(
+    redis_url: &str,
+    prefix: &str,
+    database_url: &str,
+    sku: &str,
+    stock: u64,
+    told: &Told,
+) -> Outcome {
+    let (store, ledger) = settled_and_audited(redis_url, prefix, database_url).await;
     let reservations = ledger.reservations(sku).await.unwrap();
     let in_ledger: BTreeSet<&str> = reservations.iter().map(|r| r.rid.as_str()).collect();
     let told_rids: BTreeSet<&str> = told.holds.values().map(String::as_str).collect();
