@@ -226,7 +226,8 @@ async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Res
         )
         .await?
         {
-            Some(cart) => Ok(cart_created(&cart, true)),
+            Some(cart) if same_lines(&cart, &request) => Ok(cart_created(&cart, true)),
+            Some(_) => Err(StoreError::KeyReused.into()),
             None => Err(StoreError::CartRefused(closed).into()),
         };
     }
@@ -235,8 +236,21 @@ async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Res
     for line in &request.lines {
         state.learn(&line.sku).await;
     }
+    if let Err(StoreError::CartRefused(lines)) = &opened {
+        for line in lines.iter().filter(|line| line.code == "sold_out") {
+            state.sold_out(&line.sku);
+        }
+    }
     let opened = opened?;
     Ok(cart_created(&opened.cart, opened.replayed))
+}
+
+/// Whether `cart` has the lines `request` asks for (the cart's are in SKU order).
+fn same_lines(cart: &Cart, request: &CartRequest) -> bool {
+    let mut asked: Vec<(&Sku, u32)> = request.lines.iter().map(|l| (&l.sku, l.quantity)).collect();
+    asked.sort();
+    let held: Vec<(&Sku, u32)> = cart.lines.iter().map(|l| (&l.sku, l.quantity)).collect();
+    asked == held
 }
 
 fn cart_created(cart: &Cart, replayed: bool) -> Response {

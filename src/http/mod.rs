@@ -115,6 +115,23 @@ impl AppState {
         }
     }
 
+    /// Raises `sku`'s sold-out flag on the store's answer that it is: later reserves (and
+    /// cart lines) of it are refused from memory.
+    fn sold_out(&self, sku: &crate::ids::Sku) {
+        if self.admission.mark_sold_out(sku) {
+            // Until the keys Redis recorded are known, sold-out reserves still go to Redis
+            // (one of them may be a retry of a reserve that succeeded): load them now
+            // rather than at the next poll.
+            let (store, admission, sku) = (self.store.clone(), self.admission.clone(), sku.clone());
+            tokio::spawn(async move {
+                let reopenings = admission.reopenings(&sku);
+                if let Ok(keys) = store.recorded_keys(&sku).await {
+                    admission.set_recorded_keys(&sku, reopenings, keys);
+                }
+            });
+        }
+    }
+
     /// Refuses while the store's Redis is suspect (a connection dropped and the gate task
     /// has not yet checked the Redis that answers now).
     fn trusted(&self) -> Result<(), ApiError> {

@@ -253,22 +253,7 @@ async fn hold(
     let reserved = match result {
         Ok(reserved) => reserved,
         Err(StoreError::SoldOut) => {
-            if state.admission.mark_sold_out(&request.sku) {
-                // Until the keys Redis recorded are known, sold-out reserves still go to
-                // Redis (one of them may be a retry of a reserve that succeeded): load them
-                // now rather than at the next poll.
-                let (store, admission, sku) = (
-                    state.store.clone(),
-                    state.admission.clone(),
-                    request.sku.clone(),
-                );
-                tokio::spawn(async move {
-                    let reopenings = admission.reopenings(&sku);
-                    if let Ok(keys) = store.recorded_keys(&sku).await {
-                        admission.set_recorded_keys(&sku, reopenings, keys);
-                    }
-                });
-            }
+            state.sold_out(&request.sku);
             return Err(StoreError::SoldOut.into());
         }
         Err(error) => return Err(error.into()),

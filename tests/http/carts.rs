@@ -173,3 +173,53 @@ async fn a_refused_cart_names_each_refused_line_and_holds_nothing() {
         .await;
     assert_eq!(no_key.code(), "missing_idempotency_key");
 }
+
+#[tokio::test]
+async fn a_line_found_sold_out_in_redis_refuses_the_next_carts_from_memory() {
+    let app = TestApp::spawn().await;
+    app.put_sku("a-seat", json!({ "stock": 3, "per_user_limit": 1 }))
+        .await;
+    app.put_sku("z-parking", json!({ "stock": 1, "per_user_limit": 1 }))
+        .await;
+    let cart = |who: &str| json!({ "user_id": who, "lines": [{ "sku": "a-seat" }, { "sku": "z-parking" }] });
+    assert_eq!(
+        open(&app, "k", cart("ann")).await.status,
+        StatusCode::CREATED
+    );
+    // Redis says the parking is gone: the seat taken for it goes back.
+    let refused = open(&app, "k", cart("bob")).await;
+    assert_eq!(refused.code(), "sold_out");
+    // Once the SKU's recorded keys are loaded (in the background, as for a reserve), the
+    // next carts naming it are refused before Redis: no script runs for them.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for n in 0.. {
+        let calls = app.script_calls();
+        let again = open(&app, &format!("k{n}"), cart(&format!("cat{n}"))).await;
+        assert_eq!(again.code(), "sold_out");
+        assert_eq!(again.body["lines"][0]["sku"], "z-parking");
+        if app.script_calls() == calls {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "carts of a SKU Redis said is sold out still reach Redis"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.get_sku("a-seat").await.body["available"], 2);
+    // Refused from memory or not, a key that made a cart gets it back, and with other
+    // lines is refused as reused.
+    let replay = open(&app, "k", cart("ann")).await;
+    assert_eq!(replay.status, StatusCode::CREATED);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    let other = open(
+        &app,
+        "k",
+        json!({ "user_id": "ann", "lines": [{ "sku": "z-parking" }] }),
+    )
+    .await;
+    assert_eq!(
+        (other.status, other.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+    );
+}
