@@ -127,6 +127,7 @@ impl Store {
         let id = CartId::generate(&request.user);
         let lines_json = serde_json::to_string(&record_lines)
             .map_err(|e| StoreError::Protocol(format!("cart lines: {e}")))?;
+        self.trusted()?;
         let mut call = self.cart_invocation("open", &id);
         call.arg(request.user.as_str())
             .arg(request.key.as_str())
@@ -324,6 +325,7 @@ impl Store {
 
     /// `confirm` or `cancel` on the record: the cart as it is after the decision.
     async fn decide(&self, id: &CartId, op: &str) -> Result<Cart, StoreError> {
+        self.trusted()?;
         let mut call = self.cart_invocation(op, id);
         call.arg(CART_LEASE.as_millis() as u64);
         let reply = self.cart_reply(call).await?;
@@ -485,6 +487,7 @@ impl Store {
         line: &CartLine,
         op: &LineOp,
     ) -> Result<RawHold, StoreError> {
+        self.trusted()?;
         let shard = line.reservation.shard();
         let mut call = self.invocation(&self.inner.scripts.cart_line, &line.sku, shard, false);
         let name = match op {
@@ -531,7 +534,22 @@ impl Store {
             .arg(to.as_str())
             .arg(CART_LEASE.as_millis() as u64)
             .arg(note.unwrap_or_default());
-        self.cart_reply(call)
+        async move {
+            self.trusted()?;
+            self.cart_reply(call).await
+        }
+    }
+
+    /// Refuses (`recovering`) while the store is suspect: a cart's steps, admitted before a
+    /// connection dropped, must not reach the Redis that answers after it (a restarted one
+    /// may have lost writes) until it has been checked; the cart stays in its step, and the
+    /// maintenance pass, which waits for the check too, finishes it. Only the restore of a
+    /// record, part of that check, runs before.
+    fn trusted(&self) -> Result<(), StoreError> {
+        if self.redis_suspect() {
+            return Err(StoreError::Recovering);
+        }
+        Ok(())
     }
 
     fn cart_invocation(&self, op: &str, id: &CartId) -> redis::ScriptInvocation<'_> {

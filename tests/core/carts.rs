@@ -400,3 +400,54 @@ async fn concurrent_carts_over_overlapping_skus_are_never_partial() {
         }
     }
 }
+
+/// A cart admitted before the connection dropped takes no step on the Redis that answers
+/// after it until that Redis was checked (it may be a restarted one that lost writes).
+#[tokio::test]
+async fn no_cart_step_reaches_a_redis_not_yet_checked_after_a_drop() {
+    let h = Harness::start_single_with(flashsale_testkit::LocalRedisOptions::default()).await;
+    let Servers::Single(redis) = &h.redis else {
+        unreachable!("a single Redis was asked for")
+    };
+    let a = h.sku("a", spec(5, 1, 1, 60_000)).await;
+    let b = h.sku("b", spec(5, 1, 1, 60_000)).await;
+    let held = h
+        .store
+        .open_cart(&cart_request("ann", "c-1", &[(&a, 1), (&b, 1)]))
+        .await
+        .unwrap()
+        .cart;
+    let killed = redis
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    assert_ne!(killed, ":0", "the store's connection was dropped");
+    // The next call sees the drop.
+    while !h.store.redis_suspect() {
+        let _ = h.store.cart(&held.id).await;
+    }
+    assert!(matches!(
+        h.store
+            .open_cart(&cart_request("bob", "c-2", &[(&a, 1), (&b, 1)]))
+            .await,
+        Err(StoreError::Recovering)
+    ));
+    assert!(matches!(
+        h.store.confirm_cart(&held.id).await,
+        Err(StoreError::Recovering)
+    ));
+    assert_eq!(h.store.cart(&held.id).await.unwrap().state, CartState::Held);
+    assert_eq!(
+        h.store
+            .cart_by_key(&user("bob"), &key("c-2"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(assert_conserved(&h.store, &a).await, (4, 1, 0));
+    // Checked, the engine trusts it again, and the cart settles.
+    h.store.trust_redis();
+    assert_eq!(
+        h.store.confirm_cart(&held.id).await.unwrap().state,
+        CartState::Confirmed
+    );
+}
