@@ -219,15 +219,9 @@ async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Res
     if !closed.is_empty() {
         // The key may have made a cart before these lines closed: a retry gets it back.
         let _permit = state.call_permit()?;
-        return match timed(
-            &state,
-            "read",
-            state.store.cart_by_key(&request.user, &request.key),
-        )
-        .await?
-        {
-            Some(cart) if same_lines(&cart, &request) => Ok(cart_created(&cart, true)),
-            Some(_) => Err(StoreError::KeyReused.into()),
+        let replay = timed(&state, "read", state.store.replay_cart(&request)).await?;
+        return match replay {
+            Some(opened) => Ok(cart_created(&opened.cart, opened.replayed)),
             None => Err(StoreError::CartRefused(closed).into()),
         };
     }
@@ -243,14 +237,6 @@ async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Res
     }
     let opened = opened?;
     Ok(cart_created(&opened.cart, opened.replayed))
-}
-
-/// Whether `cart` has the lines `request` asks for (the cart's are in SKU order).
-fn same_lines(cart: &Cart, request: &CartRequest) -> bool {
-    let mut asked: Vec<(&Sku, u32)> = request.lines.iter().map(|l| (&l.sku, l.quantity)).collect();
-    asked.sort();
-    let held: Vec<(&Sku, u32)> = cart.lines.iter().map(|l| (&l.sku, l.quantity)).collect();
-    asked == held
 }
 
 fn cart_created(cart: &Cart, replayed: bool) -> Response {

@@ -194,6 +194,23 @@ impl Store {
         Ok(as_of(cart, time.0 * 1000 + time.1 / 1000))
     }
 
+    /// What a repeat of `request` answers if its key made a cart: that cart, as a repeat
+    /// through [`Store::open_cart`] would have it (refused as a reused key with other
+    /// lines, [`StoreError::CartPending`] while it is being opened or rolled back); `None`
+    /// if the key made none. For a cart refused from memory, which must not hide one made
+    /// before its SKU closed.
+    pub async fn replay_cart(
+        &self,
+        request: &CartRequest,
+    ) -> Result<Option<CartOpened>, StoreError> {
+        let Some(cart) = self.cart_by_key(&request.user, &request.key).await? else {
+            return Ok(None);
+        };
+        let mut lines = request.lines.clone();
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+        replayed(cart, &lines).map(Some)
+    }
+
     /// The cart `key` made for `user`, if it made one that is not rolled back.
     pub async fn cart_by_key(
         &self,

@@ -257,6 +257,12 @@ async fn a_cart_its_engine_lost_mid_open_is_rolled_back_once_and_a_late_take_is_
         h.store.open_cart(&retry).await,
         Err(StoreError::CartPending)
     ));
+    // Also when the retry is refused from memory (a SKU of it closed) and only its key is
+    // looked up: never a cart between steps passed off as made.
+    assert!(matches!(
+        h.store.replay_cart(&retry).await,
+        Err(StoreError::CartPending)
+    ));
     assert!(matches!(h.store.cart(&cart.id).await, Ok(c) if c.state == CartState::Opening));
 
     // Before the lease runs out the pass leaves it alone; after, it rolls it back.
@@ -282,6 +288,7 @@ async fn a_cart_its_engine_lost_mid_open_is_rolled_back_once_and_a_late_take_is_
         .filter(|e| matches!(e, flashsale::events::Event::Cancelled { .. }))
         .count();
     assert_eq!(returned, 1);
+    assert!(matches!(h.store.replay_cart(&retry).await, Ok(None)));
     // The key is free again: the retry makes a cart of its own now.
     let fresh = h.store.open_cart(&retry).await.unwrap();
     assert_ne!(fresh.cart.id, cart.id);
