@@ -66,17 +66,12 @@ if op == 'take' then
   if startsAt > 0 and now < startsAt then return reply(NOT_STARTED) end
   if endsAt > 0 and now >= endsAt then return reply(ENDED) end
   -- A shortage first returns expired single holds, once, as reserve.lua does.
-  local swept = false
-  local function short(check)
-    if not check() then return false end
-    if not swept then
-      swept = true
-      sweep(lazySweepMax)
-    end
-    return check()
+  if num(user) + qty > limit and (not sweepOnce() or num(user) + qty > limit) then
+    return reply(LIMIT)
   end
-  if short(function() return num(user) + qty > limit end) then return reply(LIMIT) end
-  if short(function() return num(':avail') < qty end) then return reply(SHARD_EMPTY) end
+  if num(':avail') < qty and (not sweepOnce() or num(':avail') < qty) then
+    return reply(SHARD_EMPTY)
+  end
   incr(':avail', -qty)
   incr(':held', qty)
   incr(':made', 1)

@@ -185,6 +185,15 @@ local function sweep(limit)
   return expired, #due == limit
 end
 
+-- The lazy sweep of a shortage: once per call, up to lazySweepMax expired holds. Returns
+-- whether this call swept any (a second call returns false: look no further).
+local swept = false
+local function sweepOnce()
+  if swept then return false end
+  swept = true
+  return sweep(lazySweepMax) > 0
+end
+
 -- Every call that changes the shard (and so emits) bumps its version with its writes.
 local function commit()
   if #events > 0 then incr(':ver', 1) end

@@ -118,14 +118,6 @@ local fast = fastPath()
 if fast then return fast end
 remember(fields, values)
 
-local swept = false
-local function sweepOnce()
-  if swept then return false end
-  swept = true
-  local expired = sweep(lazySweepMax)
-  return expired > 0
-end
-
 local function refusal(code, h)
   if h then return { code, h.rid, h.state, h.qty, h.deadline } end
   return { code, '', '', 0, 0 }

@@ -9,7 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::ProblemLine;
+use super::error::CartProblem;
 use super::extract::{ApiJson, ApiPath};
 use super::number::RawQuantity;
 use super::reservations::{idempotency_key, timed, IDEMPOTENT_REPLAYED};
@@ -125,17 +125,6 @@ impl From<&Cart> for CartView {
                 .collect(),
         }
     }
-}
-
-/// The problem of a refused cart: the usual members, and each refused line.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CartProblem {
-    /// The problem, as every route has it; `code` is the first line's reason.
-    #[serde(flatten)]
-    pub problem: Problem,
-    /// Each line refused and why, when lines were refused; lines not named were not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lines: Option<Vec<ProblemLine>>,
 }
 
 /// Holds every line of a cart, or none.

@@ -34,7 +34,7 @@ pub struct Problem {
 }
 
 /// One refused line of a cart, in a cart's problem (`lines`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProblemLine {
     /// The line's SKU.
     pub sku: String,
@@ -395,16 +395,20 @@ fn title_of(code: &str) -> &'static str {
     }
 }
 
+/// The problem of a refused cart: the usual members, and each refused line. Every problem
+/// is written as one; `lines` is left out where there are none.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartProblem {
+    /// The problem, as every route has it; `code` is the first line's reason.
+    #[serde(flatten)]
+    pub problem: Problem,
+    /// Each line refused and why, when lines were refused; lines not named were not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<ProblemLine>>,
+}
+
 fn problem_body(parts: &Parts) -> Bytes {
-    /// A problem with a refused cart's `lines`, when there are any.
-    #[derive(Serialize)]
-    struct WithLines<'a> {
-        #[serde(flatten)]
-        problem: Problem,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        lines: Option<&'a Vec<ProblemLine>>,
-    }
-    let problem = WithLines {
+    let problem = CartProblem {
         problem: Problem {
             kind: format!("urn:flashsale:problem:{}", parts.code),
             title: parts.title.to_owned(),
@@ -412,7 +416,7 @@ fn problem_body(parts: &Parts) -> Bytes {
             detail: parts.detail.clone(),
             code: parts.code.to_owned(),
         },
-        lines: parts.lines.as_ref(),
+        lines: parts.lines.clone(),
     };
     Bytes::from(serde_json::to_vec(&problem).expect("a problem serializes"))
 }

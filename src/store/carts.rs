@@ -17,9 +17,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::moves::Refill;
-use super::{parse, Store, StoreError, MAX_RESERVE_ROUNDS};
+use super::SkuConfig;
 use super::{Cart, CartLine, CartOpened, CartRequest, CartState, LineRefusal, QuantityBound};
-use super::{SkuConfig, StoreConnection};
+use super::{Store, StoreError, MAX_RESERVE_ROUNDS};
 use crate::ids::{CartId, IdempotencyKey, ReservationId, Sku, UserId, CART_BUCKETS};
 use crate::scripts::{RawHold, ScriptCode};
 use crate::sharding::home_shard;
@@ -33,8 +33,8 @@ pub const CART_LEASE: Duration = Duration::from_secs(5);
 /// Carts a maintenance pass takes over per bucket, at most.
 const TAKE_OVER_BATCH: usize = 64;
 
-/// A cart's record as `lua/cart.lua` keeps it (JSON).
-#[derive(Debug, Deserialize)]
+/// A cart's record as `lua/cart.lua` keeps it (JSON); the script adds its own times.
+#[derive(Debug, Serialize, Deserialize)]
 struct Record {
     id: String,
     user: String,
@@ -50,6 +50,16 @@ struct RecordLine {
     sku: String,
     qty: u32,
     rid: String,
+}
+
+impl RecordLine {
+    fn of(line: &CartLine) -> Self {
+        Self {
+            sku: line.sku.to_string(),
+            qty: line.quantity,
+            rid: line.reservation.to_string(),
+        }
+    }
 }
 
 /// A refused line as the record keeps it.
@@ -322,21 +332,18 @@ impl Store {
     /// Redis has one: with its key, and due at once for the maintenance pass if it is in a
     /// step (held carts at their deadline). Returns whether it was written.
     pub async fn restore_cart(&self, cart: &Cart) -> Result<bool, StoreError> {
-        let record = serde_json::json!({
-            "id": cart.id.as_str(),
-            "user": cart.user.as_str(),
-            "key": cart.key.as_str(),
-            "state": cart.state.as_str(),
-            "deadline": cart.deadline_ms,
-            "created": 0,
-            "lines": cart.lines.iter().map(|line| RecordLine {
-                sku: line.sku.to_string(),
-                qty: line.quantity,
-                rid: line.reservation.to_string(),
-            }).collect::<Vec<_>>(),
-        });
+        let record = Record {
+            id: cart.id.to_string(),
+            user: cart.user.to_string(),
+            key: cart.key.to_string(),
+            state: cart.state.as_str().to_owned(),
+            deadline: cart.deadline_ms,
+            lines: cart.lines.iter().map(RecordLine::of).collect(),
+        };
+        let text = serde_json::to_string(&record)
+            .map_err(|e| StoreError::Protocol(format!("cart record: {e}")))?;
         let mut call = self.cart_invocation("restore", &cart.id);
-        call.arg(record.to_string());
+        call.arg(text);
         Ok(self.cart_reply(call).await?.outcome == "moved")
     }
 
@@ -345,12 +352,11 @@ impl Store {
         self.trusted()?;
         let mut call = self.cart_invocation(op, id);
         call.arg(CART_LEASE.as_millis() as u64);
-        let reply = self.cart_reply(call).await?;
-        let cart = reply.cart.ok_or(StoreError::CartNotFound)?;
-        Ok(match cart.state {
-            CartState::Held => as_of(cart, reply.now),
-            _ => cart,
-        })
+        // A held cart leaves `held` whichever way: never answered as held here.
+        self.cart_reply(call)
+            .await?
+            .cart
+            .ok_or(StoreError::CartNotFound)
     }
 
     /// Completes the step the cart is in, line by line, then records its outcome.
@@ -577,10 +583,8 @@ impl Store {
     }
 
     async fn cart_reply(&self, call: redis::ScriptInvocation<'_>) -> Result<CartReply, StoreError> {
-        let mut conn: StoreConnection = self.connection();
-        let (now, outcome, text): (redis::Value, String, String) =
-            call.invoke_async(&mut conn).await?;
-        let now: u64 = parse(now)?;
+        let (now, outcome, text): (u64, String, String) =
+            call.invoke_async(&mut self.connection()).await?;
         self.observe_redis_time(now);
         let cart = match outcome.as_str() {
             _ if text.is_empty() => None,
