@@ -43,7 +43,7 @@ async fn confirm_all(store: &Store, ids: &[ReservationId]) -> (f64, f64) {
     let (cpu, wall) = (cpu_us(), Instant::now());
     stream::iter(ids)
         .for_each_concurrent(IN_FLIGHT, |id| async move {
-            store.confirm(id).await.expect("confirm");
+            store.confirm(id, None).await.expect("confirm");
         })
         .await;
     let n = ids.len() as f64;
@@ -90,6 +90,7 @@ fn main() {
                 let (plain, sku) = (plain.clone(), sku.clone());
                 async move {
                     let request = ReserveRequest {
+                        caller: None,
                         sku,
                         user: UserId::new(format!("u{n}")).unwrap(),
                         quantity: 1,

@@ -81,6 +81,7 @@ impl Fixture {
         let n = self.next_user.get();
         self.next_user.set(n + 1);
         ReserveRequest {
+            caller: None,
             sku: sku.clone(),
             user: UserId::new(format!("u{n}")).unwrap(),
             quantity: 1,

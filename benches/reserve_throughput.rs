@@ -132,6 +132,7 @@ async fn main() {
 
 async fn reserve(store: &Store, sku: &Sku, user: &str) {
     let request = ReserveRequest {
+        caller: None,
         sku: sku.clone(),
         user: UserId::new(user).unwrap(),
         quantity: 1,

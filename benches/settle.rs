@@ -111,6 +111,7 @@ async fn fill(store: &Store, sku: &Sku, first: u64, reserves: u64) {
                 let mut n = t;
                 while n < reserves {
                     let request = ReserveRequest {
+                        caller: None,
                         sku: sku.clone(),
                         user: UserId::new(format!("u{}", first + n)).unwrap(),
                         quantity: 1,

@@ -44,10 +44,11 @@ async fn fill(redis: &LocalRedis, reservations: u64) -> Store {
                         user: UserId::new(format!("u{n}")).unwrap(),
                         quantity: 1,
                         key: IdempotencyKey::new("k").unwrap(),
+                        caller: None,
                     };
                     let held = store.reserve(&request).await.unwrap();
                     if n % 2 == 0 {
-                        store.confirm(&held.reservation.id).await.unwrap();
+                        store.confirm(&held.reservation.id, None).await.unwrap();
                     }
                     n += 32;
                 }

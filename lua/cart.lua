@@ -22,11 +22,13 @@
           carts leave it
   ARGV[1] operation, ARGV[2] cart id, then per operation:
     open      ARGV[3] user, ARGV[4] key, ARGV[5] hold ms, ARGV[6] lease ms, ARGV[7] lines
-              (JSON array of {sku, qty, rid}, in the order they are taken)
+              (JSON array of {sku, qty, rid}, in the order they are taken), ARGV[8] the
+              named caller making it ("" for none), kept in the record
     move      ARGV[3] from state, ARGV[4] to state, ARGV[5] lease ms, ARGV[6] refusal
               (JSON, kept in the record when rolling back; "" for none)
-    confirm   ARGV[3] lease ms: held -> confirming, or expiring past the deadline
-    cancel    ARGV[3] lease ms: held -> cancelling, or expiring past the deadline
+    confirm   ARGV[3] lease ms, ARGV[4] the named caller asking ("" for any): held ->
+              confirming, or expiring past the deadline
+    cancel    ARGV[3] lease ms, ARGV[4] as confirm: held -> cancelling, or expiring
     take_over ARGV[3] lease ms: for the maintenance pass, a cart whose time came: opening
               -> rolling_back, held -> expiring, a step renewed for the taker
     restore   ARGV[3] the record (JSON) rebuilt from the ledger after Redis lost it, with
@@ -37,6 +39,7 @@
     restore:   moved | unchanged (the record was there)
     move:      moved | conflict (the cart was not in the from state; its record)
     confirm, cancel, take_over: moved | unchanged (nothing to do from the state it is in)
+    confirm, cancel: not_owner (another named caller made the cart: nothing changed)
     any:       missing (no such cart)
 ]]
 local bucketKey, openKey = KEYS[1], KEYS[2]
@@ -72,6 +75,7 @@ if op == 'open' then
     deadline = now + tonumber(ARGV[5]), created = now,
     lines = cjson.decode(ARGV[7]),
   }
+  if ARGV[8] ~= '' then record.caller = ARGV[8] end
   redis.call('HSET', bucketKey, keyField, id)
   return { now, 'opened', save(record, tonumber(ARGV[6])) }
 end
@@ -99,6 +103,9 @@ if op == 'move' then
 end
 
 if op == 'confirm' or op == 'cancel' then
+  if ARGV[4] ~= '' and record.caller and record.caller ~= ARGV[4] then
+    return { now, 'not_owner', text }
+  end
   if record.state ~= 'held' then return { now, 'unchanged', text } end
   if now >= record.deadline then
     record.state = 'expiring'

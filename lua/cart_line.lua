@@ -6,8 +6,8 @@
   began it, or the maintenance pass after a crash) may repeat a step without harm.
 
   A line is a hold like any other (units held, the user's allowance, a `reserved` event)
-  whose key field is "#<cart id>". It has no idempotency key field (the cart's key is in
-  the cart's record) and no deadline entry: the sweeper never expires it, and confirm.lua
+  whose record names its cart ("|#<cart id>"). It has no key in its user's record (the
+  cart's key is in the cart's record) and no deadline entry: the sweeper never expires it, and confirm.lua
   and cancel.lua refuse it (CART_LINE). Its cart expires it, with all its other lines.
 
   KEYS[1] shard hash, KEYS[2] deadline index, KEYS[3] event stream (see prelude.lua)
@@ -15,11 +15,12 @@
   ARGV[3] operation: take | confirm | release
   ARGV[4] rid, ARGV[5] cart id, ARGV[6] user
   take:    ARGV[7] qty, ARGV[8] the cart's deadline (ms), ARGV[9] the SKU's shard count
-           the caller routed by, ARGV[10] the cart's idempotency key, ARGV[11] its lines
+           the caller routed by, ARGV[10] the cart's idempotency key, ARGV[11] its lines,
+           ARGV[12] the named caller that made the cart, or ""
   release: ARGV[7] the state the line ends in: x (cancelled or rolled back) or e (expired)
 
   Returns {now ms, shard avail after, reply}, reply {code, rid, state, user, qty, deadline
-  ms, key}. take:
+  ms, key, caller}. take:
     OK            the line is held (state h)
     REPLAYED      it was held already by this cart
     CANCELLED     the line was released before it was taken (the cart rolled back
@@ -32,13 +33,13 @@
            so that a take arriving late is refused), REPLAYED, CONFIRMED.
   Every operation: NO_SKU, FENCED; take also STALE_ROUTE.
   Events: cart {cart id, user, key, lines, deadline} then reserved {rid, user, qty,
-  deadline, #cart} (the cart's terms with every line: the ledger rebuilds the record
+  deadline, #cart[, caller]} (the cart's terms with every line: the ledger rebuilds the record
   from them); confirmed {rid, user, qty, late};
   cancelled or expired {rid, user, qty}; expired for lazy expiry of single holds.
 ]]
 local op, rid, cart, user = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local tag = '#' .. cart
-prefetch({ ':fence', ':lim', ':shards', ':start', ':end', ':avail', ':held', rid, user })
+local field = holdField(rid)
+prefetch({ ':fence', ':lim', ':shards', ':start', ':end', ':avail', ':held', field, user })
 if fenced() then return { now, 0, holdReply(FENCED) } end
 local limit = tonumber(hget(':lim'))
 if not limit then return { now, 0, holdReply(NO_SKU) } end
@@ -48,8 +49,8 @@ local function reply(code, h)
   return { now, num(':avail'), holdReply(code, h) }
 end
 
-local h = loadHold(rid)
-if h and h.key ~= tag then
+local h = loadHoldAt(field)
+if h and h.cart ~= cart then
   if op == 'take' then return reply(DUPLICATE_ID) end
   return reply(NOT_FOUND)
 end
@@ -66,7 +67,7 @@ if op == 'take' then
   if startsAt > 0 and now < startsAt then return reply(NOT_STARTED) end
   if endsAt > 0 and now >= endsAt then return reply(ENDED) end
   -- A shortage first returns expired single holds, once, as reserve.lua does.
-  if num(user) + qty > limit and (not sweepOnce() or num(user) + qty > limit) then
+  if units(user) + qty > limit and (not sweepOnce() or units(user) + qty > limit) then
     return reply(LIMIT)
   end
   if num(':avail') < qty and (not sweepOnce() or num(':avail') < qty) then
@@ -75,11 +76,14 @@ if op == 'take' then
   incr(':avail', -qty)
   incr(':held', qty)
   incr(':made', 1)
-  incr(user, qty)
-  h = { rid = rid, state = 'h', user = user, qty = qty, deadline = deadline, key = tag }
+  addUnits(user, qty)
+  local caller = ARGV[12]
+  h = { rid = rid, field = field, state = 'h', user = user, qty = qty, deadline = deadline, cart = cart, caller = caller }
   storeHold(h)
   emit('cart|' .. cart .. '|' .. user .. '|' .. ARGV[10] .. '|' .. ARGV[11] .. '|' .. deadline)
-  emit('reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. tag)
+  local line = 'reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. deadline .. '|#' .. cart
+  if caller ~= '' then line = line .. '|' .. caller end
+  emit(line)
   return reply(OK, h)
 end
 
@@ -102,7 +106,7 @@ if op == 'release' then
   if not h then
     -- Never taken: a take still on its way (from an engine that lost the cart to the
     -- maintenance pass) must find the line released, not free.
-    h = { rid = rid, state = state, user = user, qty = 0, deadline = 0, key = tag }
+    h = { rid = rid, field = field, state = state, user = user, qty = 0, deadline = 0, cart = cart, caller = '' }
     storeHold(h)
     return reply(OK, h)
   end

@@ -10,27 +10,31 @@
   KEYS[1] shard hash, KEYS[2] deadline index, KEYS[3] event stream (see prelude.lua)
   ARGV[1] sku, ARGV[2] shard index
   ARGV[3] rid
+  ARGV[4] the named caller asking, or "" (any caller)
 
   Returns {now ms, shard avail after, reply, reason}, reply {code, rid, state, user, qty,
-  deadline ms, key}:
+  deadline ms, key, caller}:
     OK          confirmed now (state c)
     REPLAYED    was confirmed already
     CANCELLED   the hold was cancelled
     EXPIRED     expired, and the units could not be taken again; reason "stock" or "limit"
     NOT_FOUND   no such reservation in this shard
     CART_LINE   the hold is a cart's line: the cart is confirmed, not its lines
+    NOT_OWNER   another named caller made the reservation: nothing changed
     NO_SKU      shard not loaded
     FENCED      a repair owns the shard: nothing changed, try again shortly
   Events: confirmed {rid, user, qty, late}; expired {rid, user, qty} for lazy expiry.
+  A confirmed hold leaves the deadline index.
 ]]
-local rid = ARGV[3]
-prefetch({ ':fence', ':lim', ':avail', rid })
+local rid, caller = ARGV[3], ARGV[4]
+prefetch({ ':fence', ':lim', ':avail', holdField(rid) })
 if fenced() then return { now, 0, holdReply(FENCED), '' } end
 local limit = tonumber(hget(':lim'))
 if not limit then return { now, 0, holdReply(NO_SKU), '' } end
 local h = loadHold(rid)
 if not h then return { now, num(':avail'), holdReply(NOT_FOUND), '' } end
 if cartLine(h) then return { now, num(':avail'), holdReply(CART_LINE, h), '' } end
+if not owns(caller, h) then return { now, num(':avail'), holdReply(NOT_OWNER), '' } end
 if h.state == 'c' then return { now, num(':avail'), holdReply(REPLAYED, h), '' } end
 if h.state == 'x' then return { now, num(':avail'), holdReply(CANCELLED, h), '' } end
 
@@ -40,10 +44,9 @@ if h.state == 'h' then
   incr(':held', -h.qty)
 else
   -- state e: the units went back to the shard; take them again if they are still free.
-  local userField = h.user
   local function short()
     if num(':avail') < h.qty then return 'stock' end
-    if num(userField) + h.qty > limit then return 'limit' end
+    if units(h.user) + h.qty > limit then return 'limit' end
     return nil
   end
   local reason = short()
@@ -54,11 +57,12 @@ else
   end
   late = 1
   incr(':avail', -h.qty)
-  incr(userField, h.qty)
+  addUnits(h.user, h.qty)
 end
 incr(':sold', h.qty)
 h.state = 'c'
 storeHold(h)
+zrems[#zrems + 1] = h.field
 emit('confirmed|' .. rid .. '|' .. h.user .. '|' .. h.qty .. '|' .. late)
 commit()
 return { now, num(':avail'), holdReply(OK, h), '' }

@@ -21,15 +21,16 @@
   ARGV[3] the SKU's shard count the caller routed by (each user's home shard depends on it)
   ARGV[4] number of requests n, then n times:
     rid       reservation id proposed by the caller (unique, random)
+    field     its hold's field, "~<token>" (built by the caller: strings cost here)
     user      user id
     qty       units wanted
     key       the client's idempotency key
-    keyfield  "<user>:<key>", the key's field (built by the caller: strings cost here)
+    caller    the named caller making it, or ""
 
   Returns, from the fast path, {now ms, shard avail after, {code 1, .., code n}, deadline ms}
   (every new hold of the batch has that deadline); from the general path,
   {now ms, shard avail after, {reply 1, .., reply n}}, each reply
-  {code, rid, state, qty, deadline ms} (user and key are the request's). Codes:
+  {code, rid, state, qty, deadline ms, caller} (user and key are the request's). Codes:
     OK             new hold (state h)
     REPLAYED       the key was seen with the same qty: the original reservation, as it is now
     KEY_REUSED     the key was seen with another qty
@@ -37,25 +38,28 @@
     BAD_QTY        qty not an integer in 1..limit
     NOT_STARTED, ENDED   outside the sale window
     LIMIT          the user's allowance in the shard would exceed the limit
+    TOO_MANY_KEYS  the user has recorded maxKeys keys in this SKU (reserves and barriers)
+    NOT_OWNER      the key's reservation was made by another named caller
     SHARD_EMPTY    this shard has fewer than qty units (the engine then moves stock here)
     DUPLICATE_ID   the proposed rid exists already (the caller draws another)
     NO_SKU         shard not loaded (every reply)
     FENCED         a repair owns the shard: nothing changed (every reply)
     STALE_ROUTE    the shard was loaded for another shard count: the caller's copy of the
                    SKU is stale and a user's home shard may differ (every reply)
-  Events: reserved {rid, user, qty, deadline, key}; expired {rid, user, qty} for lazy expiry.
+  Events: reserved {rid, user, qty, deadline, key[, caller]}; expired {rid, user, qty} for
+  lazy expiry.
 ]]
 local n = tonumber(ARGV[4])
 local fields = { ':lim', ':hold', ':start', ':end', ':avail', ':held', ':made', ':fence', ':shards', ':ver' }
 for i = 1, n do
-  local b = i * 5
-  fields[3 * i + 8], fields[3 * i + 9], fields[3 * i + 10] = ARGV[b], ARGV[b + 1], ARGV[b + 4]
+  local b = i * 6 - 1
+  fields[2 * i + 9], fields[2 * i + 10] = ARGV[b + 1], ARGV[b + 2]
 end
 local values = rcall('HMGET', shardKey, unpack(fields))
 
 local replies = {}
 local function refuseAll(code)
-  for i = 1, n do replies[i] = { code, '', '', 0, 0 } end
+  for i = 1, n do replies[i] = { code, '', '', 0, 0, '' } end
   return { now, 0, replies }
 end
 if values[8] then return refuseAll(FENCED) end
@@ -74,12 +78,13 @@ local function fastPath()
   local deadlineText = tostring(deadline)
   local seen, codes, writes, deadlines, lines = {}, {}, {}, {}, {}
   for i = 1, n do
-    local b, v = i * 5, 3 * i + 8
-    local rid, user, key, keyField = ARGV[b], ARGV[b + 1], ARGV[b + 3], ARGV[b + 4]
-    local qty = tonumber(ARGV[b + 2])
-    -- A known key (a replay or a barrier), a taken id, or a second request of one user in
-    -- the batch (the engine's batches have none) are for the general path.
-    if values[v + 2] or values[v] or seen[user] then return nil end
+    local b, v = i * 6 - 1, 2 * i + 9
+    local rid, field, user, key, caller = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 4], ARGV[b + 5]
+    local qty = tonumber(ARGV[b + 3])
+    -- A user with a record (a replay, a barrier, an earlier hold), a taken id, or a second
+    -- request of one user in the batch (the engine's batches have none) are for the
+    -- general path.
+    if values[v] or values[v + 1] or seen[user] then return nil end
     seen[user] = true
     if not qty or qty < 1 or qty > limit or qty % 1 ~= 0 then
       codes[i] = BAD_QTY
@@ -88,16 +93,19 @@ local function fastPath()
     elseif endsAt > 0 and now >= endsAt then
       codes[i] = ENDED
     else
-      local used = tonumber(values[v + 1]) or 0
-      if used + qty > limit or avail < qty then return nil end
+      if avail < qty then return nil end
       avail, held, made = avail - qty, held + qty, made + 1
-      local tail = user .. '|' .. qty .. '|' .. deadlineText .. '|' .. key
+      local hold = user .. '|' .. qty .. '|' .. deadlineText
+      local line = 'reserved|' .. rid .. '|' .. hold .. '|' .. key
+      if caller ~= '' then
+        hold = hold .. '|@' .. caller
+        line = line .. '|' .. caller
+      end
       local w = #writes
-      writes[w + 1], writes[w + 2] = user, used + qty
-      writes[w + 3], writes[w + 4] = keyField, rid
-      writes[w + 5], writes[w + 6] = rid, 'h|' .. tail
-      deadlines[#deadlines + 1], deadlines[#deadlines + 2] = deadlineText, rid
-      lines[#lines + 1] = 'reserved|' .. rid .. '|' .. tail
+      writes[w + 1], writes[w + 2] = user, qty .. '|' .. key .. '=' .. field
+      writes[w + 3], writes[w + 4] = field, 'h|' .. hold
+      deadlines[#deadlines + 1], deadlines[#deadlines + 2] = deadlineText, field
+      lines[#lines + 1] = line
       codes[i] = OK
     end
   end
@@ -119,49 +127,50 @@ if fast then return fast end
 remember(fields, values)
 
 local function refusal(code, h)
-  if h then return { code, h.rid, h.state, h.qty, h.deadline } end
-  return { code, '', '', 0, 0 }
+  if h then return { code, h.rid, h.state, h.qty, h.deadline, h.caller } end
+  return { code, '', '', 0, 0, '' }
 end
 
-local function reserveOne(rid, user, qty, key, keyField)
+local function reserveOne(rid, field, user, qty, key, caller)
   if not qty or qty < 1 or qty > limit or qty % 1 ~= 0 then return refusal(BAD_QTY) end
-  local known = hget(keyField)
+  local known = keyEntry(user, key)
   if known == BARRIER then return refusal(KEY_CANCELLED) end
   if known then
-    local h = loadHold(known)
+    local h = loadHoldAt(known)
+    if not owns(caller, h) then return refusal(NOT_OWNER) end
     if h.state == 'x' then return refusal(KEY_CANCELLED, h) end
     if h.qty ~= qty then return refusal(KEY_REUSED, h) end
     return refusal(REPLAYED, h)
   end
   if startsAt > 0 and now < startsAt then return refusal(NOT_STARTED) end
   if endsAt > 0 and now >= endsAt then return refusal(ENDED) end
-  local used = num(user)
-  if used + qty > limit then
-    if not sweepOnce() then return refusal(LIMIT) end
-    used = num(user)
-    if used + qty > limit then return refusal(LIMIT) end
+  if units(user) + qty > limit and (not sweepOnce() or units(user) + qty > limit) then
+    return refusal(LIMIT)
   end
   if num(':avail') < qty and (not sweepOnce() or num(':avail') < qty) then
     return refusal(SHARD_EMPTY)
   end
-  if hget(rid) then return refusal(DUPLICATE_ID) end
+  if hget(field) then return refusal(DUPLICATE_ID) end
+  if not addKey(user, key, field) then return refusal(TOO_MANY_KEYS) end
 
   local deadline = now + holdMs
   incr(':avail', -qty)
   incr(':held', qty)
   incr(':made', 1)
-  hset(user, used + qty)
-  hset(keyField, rid)
-  hset(rid, 'h|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. key)
+  addUnits(user, qty)
+  local h = { rid = rid, field = field, state = 'h', user = user, qty = qty, deadline = deadline, caller = caller }
+  storeHold(h)
   zadds[#zadds + 1] = deadline
-  zadds[#zadds + 1] = rid
-  emit('reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. key)
-  return { OK, rid, 'h', qty, deadline }
+  zadds[#zadds + 1] = field
+  local line = 'reserved|' .. rid .. '|' .. user .. '|' .. qty .. '|' .. deadline .. '|' .. key
+  if caller ~= '' then line = line .. '|' .. caller end
+  emit(line)
+  return refusal(OK, h)
 end
 
 for i = 1, n do
-  local b = i * 5
-  replies[i] = reserveOne(ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], ARGV[b + 4])
+  local b = i * 6 - 1
+  replies[i] = reserveOne(ARGV[b], ARGV[b + 1], ARGV[b + 2], tonumber(ARGV[b + 3]), ARGV[b + 4], ARGV[b + 5])
 end
 commit()
 return { now, num(':avail'), replies }

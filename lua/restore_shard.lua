@@ -29,8 +29,8 @@
   ARGV[10] available, ARGV[11] held, ARGV[12] sold, ARGV[13] made
   ARGV[14] the last stream id the ledger settled for the shard, "<ms>-<seq>" ("0-0": none)
   ARGV[15] number of pending outgoing moves p, then p times: move id, to shard, units
-  ARGV[16 + 3p ..] field, value pairs: <user> allowance, <user>:<key> record, <rid> hold
-                   record, :o:<op>, :i:<move>, :x:<move> records
+  ARGV[16 + 3p ..] field, value pairs: <user> record (allowance, keys and barriers),
+                   ~<token> hold record, :o:<op>, :i:<move>, :x:<move> records
 
   Returns {now ms, shard avail after, code}: OK; FENCED (the caller does not own the fence:
   nothing written); SKU_LIVE (the shard changed since it was fenced: nothing written).
@@ -67,10 +67,10 @@ for i = 16 + 3 * pendingCount, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   chunk[#chunk + 1] = field
   chunk[#chunk + 1] = value
-  -- A cart's line (its key "#<cart id>") has no deadline entry: its cart expires it.
-  if string.find(field, '~', 1, true) and string.sub(value, 1, 2) == 'h|'
+  -- A cart's line ("|#<cart id>") has no deadline entry: its cart expires it.
+  if string.byte(field, 1) == 126 and string.sub(value, 1, 2) == 'h|'
       and not string.find(value, '|#', 1, true) then
-    local deadline = string.match(value, '^h|[^|]*|%d+|(%d+)|')
+    local deadline = string.match(value, '^h|[^|]*|%d+|(%d+)')
     deadlines[#deadlines + 1] = deadline
     deadlines[#deadlines + 1] = field
   end

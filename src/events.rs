@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::ids::{CartId, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CallerName, CartId, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 
 /// One state change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,8 @@ pub enum Event {
         origin: HoldOrigin,
         /// When it expires, ms since the epoch.
         deadline_ms: u64,
+        /// The named caller that made it, if one did.
+        caller: Option<CallerName>,
     },
     /// A hold became a sale.
     Confirmed {
@@ -221,13 +223,21 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
             }
         }
         "reserved" => {
-            arity(5)?;
+            // A sixth field names the caller, when one was named.
+            if rest.len() != 6 {
+                arity(5)?;
+            }
             Event::Reserved {
                 rid: rid(rest[0])?,
                 user: user(rest[1])?,
                 qty: num(rest[2])?,
                 deadline_ms: num(rest[3])?,
                 origin: HoldOrigin::parse(rest[4]).map_err(|e| e.to_string())?,
+                caller: rest
+                    .get(5)
+                    .map(|name| CallerName::new(*name))
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
             }
         }
         "confirmed" => {
@@ -301,6 +311,18 @@ mod tests {
                 qty: 2,
                 origin: HoldOrigin::Key(IdempotencyKey::new("k-1").unwrap()),
                 deadline_ms: 1_764_064_666_123,
+                caller: None,
+            }
+        );
+        assert_eq!(
+            parse_line(&format!("{line}|shop")).unwrap(),
+            Event::Reserved {
+                rid: rid.clone(),
+                user: UserId::new("ann").unwrap(),
+                qty: 2,
+                origin: HoldOrigin::Key(IdempotencyKey::new("k-1").unwrap()),
+                deadline_ms: 1_764_064_666_123,
+                caller: Some(CallerName::new("shop").unwrap()),
             }
         );
         assert_eq!(

@@ -120,6 +120,13 @@ checked_id!(
     128
 );
 checked_id!(
+    /// A named caller of the reservation routes (`--client-token NAME=TOKEN`): recorded in
+    /// each hold it makes, so that only it may confirm or cancel the hold.
+    CallerName,
+    "caller name",
+    32
+);
+checked_id!(
     /// The id of an operation made idempotent by the caller (restock).
     OpId,
     "operation id",

@@ -137,13 +137,17 @@ pub enum ScriptCode {
     StaleRoute,
     /// The hold is a cart's line: only its cart confirms or cancels it.
     CartLine,
+    /// The user has recorded as many idempotency keys in the SKU as one may.
+    TooManyKeys,
+    /// Another named caller made the reservation.
+    NotOwner,
 }
 
 impl ScriptCode {
     /// The code for a script's integer, or `None` for one no script returns.
     pub fn from_i64(code: i64) -> Option<Self> {
         use ScriptCode::*;
-        const ALL: [ScriptCode; 20] = [
+        const ALL: [ScriptCode; 22] = [
             Ok,
             Replayed,
             ShardEmpty,
@@ -164,18 +168,21 @@ impl ScriptCode {
             Fenced,
             StaleRoute,
             CartLine,
+            TooManyKeys,
+            NotOwner,
         ];
         usize::try_from(code).ok().and_then(|i| ALL.get(i).copied())
     }
 }
 
-/// One reservation as a script reports it: `{code, rid, state, user, qty, deadline, key}`;
-/// `rid` is empty when the reply concerns no reservation.
-pub type RawHold = (i64, String, String, String, u64, u64, String);
+/// One reservation as a script reports it: `{code, rid, state, user, qty, deadline, key,
+/// caller}` (`key` is the hold's origin field, `caller` empty for none); `rid` is empty when
+/// the reply concerns no reservation.
+pub type RawHold = (i64, String, String, String, u64, u64, String, String);
 
-/// `reserve.lua`'s reply to one request: `{code, rid, state, qty, deadline}` (the user and
-/// the key are the request's).
-pub type RawReserve = (i64, String, String, u64, u64);
+/// `reserve.lua`'s reply to one request: `{code, rid, state, qty, deadline, caller}` (the
+/// user and the key are the request's).
+pub type RawReserve = (i64, String, String, u64, u64, String);
 
 #[cfg(test)]
 mod tests {
@@ -205,6 +212,8 @@ mod tests {
             ("FENCED", ScriptCode::Fenced),
             ("STALE_ROUTE", ScriptCode::StaleRoute),
             ("CART_LINE", ScriptCode::CartLine),
+            ("TOO_MANY_KEYS", ScriptCode::TooManyKeys),
+            ("NOT_OWNER", ScriptCode::NotOwner),
         ];
         let declared = parse_prelude_codes(PRELUDE);
         assert_eq!(declared.len(), names.len(), "{declared:?}");
@@ -217,7 +226,7 @@ mod tests {
             assert_eq!(ScriptCode::from_i64(value), Some(code), "{name}");
         }
         assert_eq!(ScriptCode::from_i64(-1), None);
-        assert_eq!(ScriptCode::from_i64(20), None);
+        assert_eq!(ScriptCode::from_i64(22), None);
     }
 
     /// Reads `local A, B = 0, 1` lines of upper-case names from the prelude.

@@ -226,6 +226,7 @@ async fn wave(
                 }
                 let user = UserId::new(format!("{wave}-{n}"))?;
                 let request = ReserveRequest {
+                    caller: None,
                     sku: sku.clone(),
                     user: user.clone(),
                     quantity: 1,
@@ -261,7 +262,7 @@ async fn wave(
                 let id = held.reservation.id;
                 match (first, n % 10) {
                     (true, 0..=5) | (false, _) => {
-                        let confirmed = store.confirm(&id).await?;
+                        let confirmed = store.confirm(&id, None).await?;
                         anyhow::ensure!(confirmed.state == HoldState::Confirmed, "confirm failed");
                         let mut book = ledger.lock();
                         if first {
@@ -273,7 +274,7 @@ async fn wave(
                             confirmed.quantity;
                     }
                     (true, 6..=7) => {
-                        store.cancel(&id).await?;
+                        store.cancel(&id, None).await?;
                         ledger.lock().cancelled += 1;
                     }
                     _ => ledger.lock().abandoned += 1,

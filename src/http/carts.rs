@@ -177,6 +177,7 @@ async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Res
         lines: cart_lines(body.lines)?,
         user,
         key,
+        caller: None,
     };
     state.trusted()?;
     // Every line passes admission, from memory, before anything reaches Redis.
@@ -328,7 +329,7 @@ pub async fn confirm_cart(
 ) -> Result<Json<CartView>, ApiError> {
     let id = cart_id(&id)?;
     let _permit = state.call_permit()?;
-    let cart = timed(&state, "cart", state.store.confirm_cart(&id)).await?;
+    let cart = timed(&state, "cart", state.store.confirm_cart(&id, None)).await?;
     Ok(Json(CartView::from(&cart)))
 }
 
@@ -352,7 +353,7 @@ pub async fn cancel_cart(
 ) -> Result<Json<CartView>, ApiError> {
     let id = cart_id(&id)?;
     let _permit = state.call_permit()?;
-    let cart = timed(&state, "cart", state.store.cancel_cart(&id)).await?;
+    let cart = timed(&state, "cart", state.store.cancel_cart(&id, None)).await?;
     for line in &cart.lines {
         state.admission.clear_sold_out(&line.sku);
     }

@@ -232,7 +232,9 @@ impl ApiError {
                     | StoreError::KeyCancelled
                     | StoreError::Cancelled
                     | StoreError::Confirmed
+                    | StoreError::TooManyKeys
                     | StoreError::SkuLive => S::CONFLICT,
+                    StoreError::NotOwner => S::FORBIDDEN,
                     StoreError::UnknownSku | StoreError::NotFound => S::NOT_FOUND,
                     StoreError::InvalidQuantity(_)
                     | StoreError::KeyReused

@@ -236,6 +236,7 @@ async fn hold(
         user,
         quantity,
         key,
+        caller: None,
     };
     state.trusted()?;
     let permit = state
@@ -314,7 +315,7 @@ pub async fn confirm(
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
     let _permit = state.call_permit()?;
-    let reservation = timed(&state, "confirm", state.store.confirm(&id)).await?;
+    let reservation = timed(&state, "confirm", state.store.confirm(&id, None)).await?;
     Ok(Json(ReservationView::from(&reservation)))
 }
 
@@ -337,7 +338,7 @@ pub async fn cancel(
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
     let _permit = state.call_permit()?;
-    let reservation = timed(&state, "cancel", state.store.cancel(&id)).await?;
+    let reservation = timed(&state, "cancel", state.store.cancel(&id, None)).await?;
     // Units may have come back: let the next reserve ask Redis.
     state.admission.clear_sold_out(id.sku());
     Ok(Json(ReservationView::from(&reservation)))
@@ -373,7 +374,7 @@ pub async fn cancel_by_key(
     let found = timed(
         &state,
         "cancel_by_key",
-        state.store.cancel_by_key(&sku, &user, &key),
+        state.store.cancel_by_key(&sku, &user, &key, None),
     )
     .await?;
     state.admission.clear_sold_out(&sku);

@@ -35,6 +35,11 @@ const SQLITE: Embedded = Embedded(&[
         "carts",
         include_str!("../../migrations/sqlite/0004_carts.sql"),
     ),
+    (
+        5,
+        "callers",
+        include_str!("../../migrations/sqlite/0005_callers.sql"),
+    ),
 ]);
 
 const POSTGRES: Embedded = Embedded(&[
@@ -57,6 +62,11 @@ const POSTGRES: Embedded = Embedded(&[
         4,
         "carts",
         include_str!("../../migrations/postgres/0004_carts.sql"),
+    ),
+    (
+        5,
+        "callers",
+        include_str!("../../migrations/postgres/0005_callers.sql"),
     ),
 ]);
 

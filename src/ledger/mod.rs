@@ -73,6 +73,8 @@ pub struct LedgerReservation {
     pub key: Option<String>,
     /// The deadline, once the `reserved` event is settled.
     pub deadline_ms: Option<u64>,
+    /// The named caller that made it, if one did (once the `reserved` event is settled).
+    pub caller: Option<String>,
 }
 
 /// A cart as the ledger has it: the terms its lines carried, and those of its lines
@@ -104,6 +106,8 @@ pub struct LedgerCartLine {
     pub quantity: u32,
     /// `held`, `confirmed`, `cancelled` or `expired`.
     pub state: String,
+    /// The named caller that made it, if one did.
+    pub caller: Option<String>,
 }
 
 /// A SKU's rules as the ledger has them (from its latest load).

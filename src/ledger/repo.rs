@@ -57,9 +57,13 @@ fn ledger_row(event: &Event) -> LedgerRow<'_> {
             qty,
             origin,
             deadline_ms,
+            caller,
         } => LedgerRow {
             key: Some(origin.field()),
-            detail: Some(format!("deadline_ms={deadline_ms}")),
+            detail: Some(match caller {
+                Some(caller) => format!("deadline_ms={deadline_ms} caller={caller}"),
+                None => format!("deadline_ms={deadline_ms}"),
+            }),
             ..plain("reserved", Some(rid.as_str()), Some(user.as_str()), u64::from(*qty))
         },
         Event::Confirmed {
@@ -121,10 +125,11 @@ const INSERT_EVENTS: &str = "INSERT INTO inventory_ledger \
 const INSERT_EVENTS_END: &str = " ON CONFLICT DO NOTHING RETURNING sku, shard, id_ms, id_seq, idx";
 
 const UPSERT_RESERVED: &str = "INSERT INTO reservations \
-    (rid, sku, shard, user_id, quantity, state, idempotency_key, deadline_ms, reserved_at_ms) ";
+    (rid, sku, shard, user_id, quantity, state, idempotency_key, deadline_ms, reserved_at_ms, \
+    caller) ";
 const UPSERT_RESERVED_END: &str = " ON CONFLICT (rid) DO UPDATE SET \
     idempotency_key = excluded.idempotency_key, deadline_ms = excluded.deadline_ms, \
-    reserved_at_ms = excluded.reserved_at_ms";
+    reserved_at_ms = excluded.reserved_at_ms, caller = excluded.caller";
 
 // The three later states: a state only moves up (held < expired < cancelled | confirmed).
 const UPSERT_SETTLED: &str = "INSERT INTO reservations \
@@ -268,7 +273,7 @@ const SELECT_STATES: &str =
     WHERE sku = $1 GROUP BY state";
 
 const SELECT_RESERVATIONS: &str = "SELECT rid, shard, user_id, quantity, state, \
-    idempotency_key, deadline_ms FROM reservations WHERE sku = $1 ORDER BY rid";
+    idempotency_key, deadline_ms, caller FROM reservations WHERE sku = $1 ORDER BY rid";
 
 const SELECT_BARRIERS: &str =
     "SELECT user_id, idempotency_key FROM barriers WHERE sku = $1 ORDER BY user_id, idempotency_key";
@@ -278,7 +283,7 @@ const SELECT_CARTS: &str = "SELECT cart_id, user_id, idempotency_key, lines, dea
 
 // A cart's lines are the reservations keyed '#<cart id>': one pass over them, grouped by
 // cart in Rust (the restore of a lost Redis is the only reader; no index is kept for it).
-const SELECT_CART_LINES: &str = "SELECT idempotency_key, rid, sku, quantity, state \
+const SELECT_CART_LINES: &str = "SELECT idempotency_key, rid, sku, quantity, state, caller \
     FROM reservations WHERE idempotency_key LIKE '#%' ORDER BY idempotency_key, sku";
 
 const SELECT_SKUS: &str = "SELECT sku, shards, per_user_limit, hold_ms, starts_at_ms, \
@@ -378,7 +383,7 @@ macro_rules! ledger_impl {
                 for chunk in reserved.chunks(CHUNK) {
                     let mut upsert = QueryBuilder::<$db>::new(UPSERT_RESERVED);
                     upsert.push_values(chunk, |mut b, p| {
-                        if let Event::Reserved { rid, user, qty, origin, deadline_ms } = p.event {
+                        if let Event::Reserved { rid, user, qty, origin, deadline_ms, caller } = p.event {
                             b.push_bind(rid.as_str())
                                 .push_bind(p.sku)
                                 .push_bind(p.shard)
@@ -387,7 +392,8 @@ macro_rules! ledger_impl {
                                 .push_bind("held")
                                 .push_bind(origin.field())
                                 .push_bind(*deadline_ms as i64)
-                                .push_bind(p.at);
+                                .push_bind(p.at)
+                                .push_bind(caller.as_ref().map(|c| c.as_str()));
                         }
                     });
                     upsert.push(UPSERT_RESERVED_END);
@@ -599,6 +605,7 @@ macro_rules! ledger_impl {
                                 .get::<Option<i64>, _>(6)
                                 .map(|d| narrow(d, "deadline"))
                                 .transpose()?,
+                            caller: r.try_get(7)?,
                         })
                     })
                     .collect()
@@ -621,6 +628,7 @@ macro_rules! ledger_impl {
                         sku: r.try_get(2)?,
                         quantity: narrow(r.try_get::<i64, _>(3)?, "quantity")?,
                         state: r.try_get(4)?,
+                        caller: r.try_get(5)?,
                     });
                 }
                 let rows = sqlx::query(SELECT_CARTS).fetch_all(&self.pool).await?;

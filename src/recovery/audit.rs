@@ -14,7 +14,7 @@ use super::RecoveryError;
 use crate::ids::Sku;
 use crate::ledger::{Ledger, LedgerRepo, LedgerReservation, LedgerSku};
 use crate::reconcile::Reconciler;
-use crate::store::{SkuConfig, Store};
+use crate::store::{HoldRecord, KeyEntry, SkuConfig, Store};
 
 /// How long an audit waits for the streams to be settled first.
 const DRAIN_WITHIN: Duration = Duration::from_secs(60);
@@ -203,23 +203,23 @@ pub(super) struct RedisHold {
     pub user: String,
     pub quantity: u32,
     pub deadline_ms: u64,
+    /// What made it: the idempotency key, or `#<cart id>`.
     pub key: String,
+    pub caller: Option<String>,
 }
 
-/// A hold record as the audit compares it; `None` for what is not a reservation: a
-/// malformed record, or the tombstone of a cart's line that was released before it was
-/// taken (no units, no event: it is there only to refuse a take arriving late, see
-/// `lua/cart_line.lua`).
-fn parse_hold(shard: u16, packed: &str) -> Option<RedisHold> {
-    let mut parts = packed.splitn(5, '|');
-    let state = state_name(parts.next()?);
+/// A hold record as the audit compares it; `None` for what is not a reservation: the
+/// tombstone of a cart's line that was released before it was taken (no units, no event:
+/// it is there only to refuse a take arriving late, see `lua/cart_line.lua`).
+fn redis_hold(shard: u16, hold: &HoldRecord, origin: &str) -> Option<RedisHold> {
     let hold = RedisHold {
         shard,
-        state,
-        user: parts.next()?.to_owned(),
-        quantity: parts.next()?.parse().ok()?,
-        deadline_ms: parts.next()?.parse().ok()?,
-        key: parts.next()?.to_owned(),
+        state: state_name(&hold.state),
+        user: hold.user.clone(),
+        quantity: u32::try_from(hold.quantity).ok()?,
+        deadline_ms: hold.deadline_ms,
+        key: origin.to_owned(),
+        caller: hold.caller.clone(),
     };
     (hold.quantity > 0).then_some(hold)
 }
@@ -247,15 +247,15 @@ pub(super) async fn redis_side(
     let shards = shards.max(config.map_or(0, |c| c.ever_shards));
     for shard in 0..shards {
         let snapshot = store.shard_snapshot(sku, shard).await?;
-        for (rid, packed) in &snapshot.holds {
-            if let Some(hold) = parse_hold(shard, packed) {
+        for (rid, hold, origin) in &snapshot.holds {
+            if let Some(hold) = redis_hold(shard, hold, origin) {
                 side.holds.insert(rid.clone(), hold);
             }
         }
-        for (field, value) in &snapshot.keys {
-            if value == "!" {
-                if let Some((user, key)) = field.split_once(':') {
-                    side.barriers.insert((user.to_owned(), key.to_owned()));
+        for (user, record) in &snapshot.users {
+            for (key, entry) in &record.keys {
+                if *entry == KeyEntry::Barrier {
+                    side.barriers.insert((user.clone(), key.clone()));
                 }
             }
         }

@@ -9,7 +9,7 @@
 //! repaired, so the lines' holds are back in their shards first.
 
 use super::RecoveryError;
-use crate::ids::{CartId, IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CallerName, CartId, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::ledger::{Ledger, LedgerCart, LedgerRepo};
 use crate::store::{Cart, CartLine, CartState, Store};
 
@@ -74,6 +74,15 @@ fn cart_of(settled: &LedgerCart, state: CartState) -> Option<Cart> {
         state,
         deadline_ms: settled.deadline_ms,
         lines,
+        // Every line carries its cart's caller.
+        caller: match settled
+            .settled
+            .iter()
+            .find_map(|line| line.caller.as_deref())
+        {
+            Some(name) => Some(CallerName::new(name).ok()?),
+            None => None,
+        },
     })
 }
 
@@ -97,6 +106,7 @@ mod tests {
                     sku: format!("s{i}"),
                     quantity: 1,
                     state: (*state).to_owned(),
+                    caller: None,
                 })
                 .collect(),
         }

@@ -8,7 +8,9 @@ use super::RecoveryError;
 use crate::ids::{Sku, UserId};
 use crate::ledger::{Ledger, LedgerRepo, StockAccount};
 use crate::sharding::{home_shard, split};
-use crate::store::{ShardImage, ShardRules, SkuConfig};
+use crate::store::{
+    hold_field, HoldRecord, KeyEntry, ShardImage, ShardRules, SkuConfig, UserRecord,
+};
 
 /// Every shard of a SKU as the ledger has it, and the SKU's routing record.
 pub(super) struct SkuImage {
@@ -72,7 +74,8 @@ pub(super) async fn build(
             ..ShardImage::default()
         })
         .collect();
-    let mut allowances: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); usize::from(shards)];
+    // Each shard's users' records: allowances, then keys and barriers.
+    let mut users: Vec<BTreeMap<String, UserRecord>> = vec![BTreeMap::new(); usize::from(shards)];
     for r in &reservations {
         let Some(image) = images.get_mut(usize::from(r.shard)) else {
             return Ok(Err(format!(
@@ -87,36 +90,38 @@ pub(super) async fn build(
             "c" => image.sold += quantity,
             _ => {}
         }
+        let user = users[usize::from(r.shard)]
+            .entry(r.user.clone())
+            .or_default();
         if matches!(letter, "h" | "c") {
-            *allowances[usize::from(r.shard)]
-                .entry(r.user.clone())
-                .or_default() += quantity;
+            user.units += quantity;
         }
-        let key = r.key.clone().unwrap_or_default();
-        image.fields.push((
-            r.rid.clone(),
-            format!(
-                "{letter}|{}|{}|{}|{key}",
-                r.user,
-                r.quantity,
-                r.deadline_ms.unwrap_or(0)
-            ),
-        ));
-        // A cart's line ("#<cart id>") has no key field: the cart's key is in its record.
-        if !key.is_empty() && !key.starts_with('#') {
-            image
-                .fields
-                .push((format!("{}:{key}", r.user), r.rid.clone()));
+        let field = hold_field(&r.rid).to_owned();
+        let origin = r.key.clone().unwrap_or_default();
+        let cart = origin.strip_prefix('#').map(str::to_owned);
+        // A cart's line has no key in its user's record: the cart's key is in its record.
+        if cart.is_none() && !origin.is_empty() {
+            user.keys.push((origin, KeyEntry::Hold(field.clone())));
         }
+        let hold = HoldRecord {
+            state: letter.to_owned(),
+            user: r.user.clone(),
+            quantity,
+            deadline_ms: r.deadline_ms.unwrap_or(0),
+            cart,
+            caller: r.caller.clone(),
+        };
+        image.fields.push((field, hold.format()));
         image.made += 1;
     }
     for (user, key) in &barriers {
         let Ok(id) = UserId::new(user.as_str()) else {
             continue;
         };
-        let image = &mut images[usize::from(home_shard(&id, rules.shards))];
-        image.fields.push((format!("{user}:{key}"), "!".to_owned()));
-        image.made += 1;
+        let shard = usize::from(home_shard(&id, rules.shards));
+        let record = users[shard].entry(user.clone()).or_default();
+        record.keys.push((key.clone(), KeyEntry::Barrier));
+        images[shard].made += 1;
     }
     for (shard, records) in account.shards {
         let Some(image) = images.get_mut(usize::from(shard)) else {
@@ -137,7 +142,7 @@ pub(super) async fn build(
     }
     // Available units are what the ledger says is neither held, sold nor in transit, spread
     // over the shards users are routed to (moves bring them to where buyers are).
-    for ((image, users), units) in images.iter_mut().zip(allowances).zip(
+    for ((image, users), units) in images.iter_mut().zip(users).zip(
         split(figures.available(), rules.shards)
             .into_iter()
             .chain(std::iter::repeat(0)),
@@ -146,7 +151,7 @@ pub(super) async fn build(
         image.fields.extend(
             users
                 .into_iter()
-                .map(|(user, units)| (user, units.to_string())),
+                .map(|(user, record)| (user, record.format())),
         );
     }
     let config = SkuConfig {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::audit::{compare, redis_side, settled_by_id, Drift, RedisSide};
 use super::{image, RecoveryError};
 use crate::events::{Entry, Event};
-use crate::ids::{HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CallerName, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::ledger::{state_rank, Ledger, LedgerRepo};
 use crate::reconcile::Reconciler;
 use crate::sharding::home_shard;
@@ -251,6 +251,10 @@ async fn settle_what_only_redis_has(
                 qty: hold.quantity,
                 origin: key,
                 deadline_ms: hold.deadline_ms,
+                caller: hold
+                    .caller
+                    .as_deref()
+                    .and_then(|name| CallerName::new(name).ok()),
             });
         }
         let (rid, qty) = (id, hold.quantity);

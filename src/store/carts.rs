@@ -17,10 +17,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::moves::Refill;
+use super::reservations::caller_arg;
 use super::SkuConfig;
 use super::{Cart, CartLine, CartOpened, CartRequest, CartState, LineRefusal, QuantityBound};
 use super::{Store, StoreError, MAX_RESERVE_ROUNDS};
-use crate::ids::{CartId, IdempotencyKey, ReservationId, Sku, UserId, CART_BUCKETS};
+use crate::ids::{CallerName, CartId, IdempotencyKey, ReservationId, Sku, UserId, CART_BUCKETS};
 use crate::scripts::{RawHold, ScriptCode};
 use crate::sharding::home_shard;
 
@@ -42,6 +43,8 @@ struct Record {
     state: String,
     deadline: u64,
     lines: Vec<RecordLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    caller: Option<String>,
 }
 
 /// One line in the record: its SKU, units, and the id its hold has (or will have).
@@ -143,7 +146,8 @@ impl Store {
             .arg(request.key.as_str())
             .arg(hold_ms)
             .arg(CART_LEASE.as_millis() as u64)
-            .arg(lines_json);
+            .arg(lines_json)
+            .arg(caller_arg(request.caller.as_ref()));
         let reply = self.cart_reply(call).await?;
         let cart = reply.cart.ok_or_else(|| bad_reply("open"))?;
         if reply.outcome == "replayed" {
@@ -243,9 +247,14 @@ impl Store {
     }
 
     /// Confirms every line of the cart. Idempotent. A cart past its deadline is expired
-    /// instead ([`StoreError::CartExpired`]), all its lines together.
-    pub async fn confirm_cart(&self, id: &CartId) -> Result<Cart, StoreError> {
-        let cart = self.decide(id, "confirm").await?;
+    /// instead ([`StoreError::CartExpired`]), all its lines together. With a `caller`, a
+    /// cart another named caller made is refused ([`StoreError::NotOwner`]).
+    pub async fn confirm_cart(
+        &self,
+        id: &CartId,
+        caller: Option<&CallerName>,
+    ) -> Result<Cart, StoreError> {
+        let cart = self.decide(id, "confirm", caller).await?;
         match cart.state {
             CartState::Confirming => self.finish(cart).await,
             CartState::Confirmed => Ok(cart),
@@ -258,9 +267,14 @@ impl Store {
     }
 
     /// Cancels every line of the cart. Idempotent. A cart past its deadline comes back
-    /// expired; a confirmed one is refused.
-    pub async fn cancel_cart(&self, id: &CartId) -> Result<Cart, StoreError> {
-        let cart = self.decide(id, "cancel").await?;
+    /// expired; a confirmed one is refused, and so, with a `caller`, is one another named
+    /// caller made.
+    pub async fn cancel_cart(
+        &self,
+        id: &CartId,
+        caller: Option<&CallerName>,
+    ) -> Result<Cart, StoreError> {
+        let cart = self.decide(id, "cancel", caller).await?;
         match cart.state {
             CartState::Cancelling | CartState::Expiring => self.finish(cart).await,
             CartState::Cancelled | CartState::Expired => Ok(cart),
@@ -339,6 +353,7 @@ impl Store {
             state: cart.state.as_str().to_owned(),
             deadline: cart.deadline_ms,
             lines: cart.lines.iter().map(RecordLine::of).collect(),
+            caller: cart.caller.as_ref().map(ToString::to_string),
         };
         let text = serde_json::to_string(&record)
             .map_err(|e| StoreError::Protocol(format!("cart record: {e}")))?;
@@ -348,15 +363,22 @@ impl Store {
     }
 
     /// `confirm` or `cancel` on the record: the cart as it is after the decision.
-    async fn decide(&self, id: &CartId, op: &str) -> Result<Cart, StoreError> {
+    async fn decide(
+        &self,
+        id: &CartId,
+        op: &str,
+        caller: Option<&CallerName>,
+    ) -> Result<Cart, StoreError> {
         self.trusted()?;
         let mut call = self.cart_invocation(op, id);
-        call.arg(CART_LEASE.as_millis() as u64);
+        call.arg(CART_LEASE.as_millis() as u64)
+            .arg(caller_arg(caller));
+        let reply = self.cart_reply(call).await?;
+        if reply.outcome == "not_owner" {
+            return Err(StoreError::NotOwner);
+        }
         // A held cart leaves `held` whichever way: never answered as held here.
-        self.cart_reply(call)
-            .await?
-            .cart
-            .ok_or(StoreError::CartNotFound)
+        reply.cart.ok_or(StoreError::CartNotFound)
     }
 
     /// Completes the step the cart is in, line by line, then records its outcome.
@@ -532,7 +554,8 @@ impl Store {
                     .arg(*deadline_ms)
                     .arg(*shards)
                     .arg(cart.key.as_str())
-                    .arg(cart.lines.len());
+                    .arg(cart.lines.len())
+                    .arg(caller_arg(cart.caller.as_ref()));
             }
             LineOp::Confirm => {}
             LineOp::Release(state) => {
@@ -670,5 +693,10 @@ fn cart_from(text: &str) -> Result<Cart, StoreError> {
         state: CartState::parse(&record.state).ok_or_else(|| bad("state"))?,
         deadline_ms: record.deadline,
         lines,
+        caller: record
+            .caller
+            .map(CallerName::new)
+            .transpose()
+            .map_err(|_| bad("caller"))?,
     })
 }

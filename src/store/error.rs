@@ -59,6 +59,15 @@ pub enum StoreError {
     /// The hold expired and its units could not be taken again.
     #[error("reservation expired and its units are gone ({0})")]
     Expired(ExpiredBecause),
+    /// The user has used as many idempotency keys on the SKU (reserves and cancels by key)
+    /// as one may ([`crate::store::MAX_KEYS_PER_USER`]).
+    #[error("this user has used {} idempotency keys on this SKU, the most one may: reuse the key of an earlier reservation to read it", crate::store::MAX_KEYS_PER_USER)]
+    TooManyKeys,
+    /// Another caller made the reservation (or cart): only that caller may act on it.
+    #[error(
+        "this reservation was made by another caller: only that caller may confirm or cancel it"
+    )]
+    NotOwner,
     /// The SKU has holds, sales or barriers: it can be restocked, not replaced.
     #[error("sku is live: it has holds, sales or barriers")]
     SkuLive,
@@ -170,6 +179,8 @@ impl StoreError {
             Self::NotFound => "reservation_not_found",
             Self::Confirmed => "reservation_confirmed",
             Self::Expired(_) => "reservation_expired",
+            Self::TooManyKeys => "too_many_keys",
+            Self::NotOwner => "not_your_reservation",
             Self::SkuLive => "sku_live",
             Self::InvalidSpec(_) => "invalid_sku_spec",
             Self::Recovering => "recovering",
@@ -205,6 +216,8 @@ impl StoreError {
             ScriptCode::Expired => Self::Expired(ExpiredBecause::Stock),
             ScriptCode::SkuLive => Self::SkuLive,
             ScriptCode::Fenced => Self::Recovering,
+            ScriptCode::TooManyKeys => Self::TooManyKeys,
+            ScriptCode::NotOwner => Self::NotOwner,
             other => Self::Protocol(format!("{other:?} is not a refusal")),
         }
     }
@@ -236,6 +249,8 @@ mod tests {
             (ScriptCode::Expired, "reservation_expired"),
             (ScriptCode::SkuLive, "sku_live"),
             (ScriptCode::Fenced, "recovering"),
+            (ScriptCode::TooManyKeys, "too_many_keys"),
+            (ScriptCode::NotOwner, "not_your_reservation"),
         ];
         for (code, expected) in refusals {
             assert_eq!(StoreError::from_code(code).code(), expected, "{code:?}");

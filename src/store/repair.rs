@@ -1,9 +1,11 @@
 //! The scripts a repair calls (see `src/recovery/`): its lease, the fence on each shard,
 //! reading a shard whole, and rebuilding it from the ledger.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{SkuConfig, Store, StoreError};
+use super::records::{is_hold_field, is_user_field, rid_of};
+use super::{HoldRecord, KeyEntry, SkuConfig, Store, StoreError, UserRecord};
 use crate::ids::{random_token, Sku};
 use crate::ledger::MoveOut;
 use crate::scripts::ScriptCode;
@@ -11,10 +13,11 @@ use crate::scripts::ScriptCode;
 /// Everything a shard holds, read field by field (a fenced shard does not change meanwhile).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardSnapshot {
-    /// Hold records: reservation id -> `<state>|<user>|<qty>|<deadline>|<key>`.
-    pub holds: Vec<(String, String)>,
-    /// Idempotency records: `<user>:<key>` -> reservation id, or `!` for a barrier.
-    pub keys: Vec<(String, String)>,
+    /// Hold records by reservation id, each with what made it: its idempotency key (from
+    /// its user's record), or `#<cart id>` for a cart's line.
+    pub holds: Vec<(String, HoldRecord, String)>,
+    /// Users' records by user id: allowances, keys and barriers.
+    pub users: Vec<(String, UserRecord)>,
 }
 
 /// A SKU's rules, as every shard keeps them.
@@ -138,6 +141,7 @@ impl Store {
         let hash = self.shard_keys(sku, shard).hash;
         let mut conn = self.connection();
         let mut snapshot = ShardSnapshot::default();
+        let mut holds = Vec::new();
         let mut cursor = 0u64;
         loop {
             let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
@@ -148,10 +152,14 @@ impl Store {
                 .query_async(&mut conn)
                 .await?;
             for (field, value) in fields {
-                if field.contains('~') {
-                    snapshot.holds.push((field, value));
-                } else if !field.starts_with(':') && field.contains(':') {
-                    snapshot.keys.push((field, value));
+                if is_hold_field(&field) {
+                    if let Some(hold) = HoldRecord::parse(&value) {
+                        holds.push((field, hold));
+                    }
+                } else if is_user_field(&field) {
+                    if let Some(user) = UserRecord::parse(&value) {
+                        snapshot.users.push((field, user));
+                    }
                 }
             }
             cursor = next;
@@ -159,6 +167,31 @@ impl Store {
                 break;
             }
         }
+        let keys: HashMap<&str, &str> = snapshot
+            .users
+            .iter()
+            .flat_map(|(_, user)| {
+                user.keys.iter().filter_map(|(key, entry)| match entry {
+                    KeyEntry::Hold(field) => Some((field.as_str(), key.as_str())),
+                    KeyEntry::Barrier => None,
+                })
+            })
+            .collect();
+        let sku_name = sku.as_str();
+        snapshot.holds = holds
+            .into_iter()
+            .map(|(field, hold)| {
+                let origin = match &hold.cart {
+                    Some(cart) => format!("#{cart}"),
+                    None => keys
+                        .get(field.as_str())
+                        .copied()
+                        .unwrap_or_default()
+                        .to_owned(),
+                };
+                (rid_of(sku_name, shard, &field), hold, origin)
+            })
+            .collect();
         Ok(snapshot)
     }
 

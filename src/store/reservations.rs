@@ -3,9 +3,10 @@
 use redis::Value;
 
 use super::moves::Refill;
+use super::records::{hold_field, HoldRecord, UserRecord};
 use super::{parse, ExpiredBecause, HoldState, QuantityBound, Reservation, ReserveRequest};
 use super::{Reserved, Store, StoreError, MAX_RESERVE_ROUNDS};
-use crate::ids::{HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CallerName, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::scripts::{RawHold, RawReserve, ScriptCode};
 use crate::sharding::home_shard;
 
@@ -32,7 +33,7 @@ impl Store {
             let code = StoreError::from_raw(reply.0)?;
             match code {
                 ScriptCode::Ok | ScriptCode::Replayed => {
-                    let (_, rid, state, qty, deadline) = reply;
+                    let (_, rid, state, qty, deadline, caller) = reply;
                     let raw = (
                         0,
                         rid,
@@ -41,6 +42,7 @@ impl Store {
                         qty,
                         deadline,
                         request.key.to_string(),
+                        caller,
                     );
                     return Ok(Reserved {
                         reservation: reservation_from(&request.sku, raw, now)?,
@@ -97,10 +99,11 @@ impl Store {
         for (id, request) in requests {
             debug_assert_eq!(request.sku, first.sku, "one batch, one SKU");
             call.arg(id.as_str())
+                .arg(hold_field(id.as_str()))
                 .arg(request.user.as_str())
                 .arg(request.quantity)
                 .arg(request.key.as_str())
-                .arg(format!("{}:{}", request.user, request.key));
+                .arg(caller_arg(request.caller.as_ref()));
         }
         let reply: Vec<Value> = call.invoke_async(&mut self.connection()).await?;
         let bad = || StoreError::Protocol("unexpected reserve reply".into());
@@ -129,9 +132,10 @@ impl Store {
                                 "h".to_owned(),
                                 u64::from(request.quantity),
                                 deadline,
+                                caller_arg(request.caller.as_ref()).to_owned(),
                             )
                         } else {
-                            (code, String::new(), String::new(), 0, 0)
+                            (code, String::new(), String::new(), 0, 0, String::new())
                         }
                     })
                     .collect()
@@ -143,12 +147,18 @@ impl Store {
 
     /// The Confirm: turns a hold into a sale. Idempotent. A hold past its deadline is
     /// confirmed if its units can be taken again (from its shard, or moved there from
-    /// another); otherwise [`StoreError::Expired`].
-    pub async fn confirm(&self, id: &ReservationId) -> Result<Reservation, StoreError> {
+    /// another); otherwise [`StoreError::Expired`]. With a `caller`, a reservation another
+    /// named caller made is refused ([`StoreError::NotOwner`]).
+    pub async fn confirm(
+        &self,
+        id: &ReservationId,
+        caller: Option<&CallerName>,
+    ) -> Result<Reservation, StoreError> {
         for _ in 0..MAX_RESERVE_ROUNDS {
             let (now, _, reply, reason): (u64, i64, RawHold, String) = self
                 .invocation(&self.inner.scripts.confirm, id.sku(), id.shard(), false)
                 .arg(id.as_str())
+                .arg(caller_arg(caller))
                 .invoke_async(&mut self.connection())
                 .await?;
             self.observe_redis_time(now);
@@ -212,11 +222,17 @@ impl Store {
     }
 
     /// The Cancel: returns a hold's units. Idempotent; a hold found past its deadline comes
-    /// back [`HoldState::Expired`]; a confirmed one is refused.
-    pub async fn cancel(&self, id: &ReservationId) -> Result<Reservation, StoreError> {
+    /// back [`HoldState::Expired`]; a confirmed one is refused, and so, with a `caller`, is
+    /// one another named caller made.
+    pub async fn cancel(
+        &self,
+        id: &ReservationId,
+        caller: Option<&CallerName>,
+    ) -> Result<Reservation, StoreError> {
         let (now, _, reply): (u64, i64, RawHold) = self
             .invocation(&self.inner.scripts.cancel, id.sku(), id.shard(), false)
             .arg(id.as_str())
+            .arg(caller_arg(caller))
             .invoke_async(&mut self.connection())
             .await?;
         match StoreError::from_raw(reply.0)? {
@@ -233,12 +249,14 @@ impl Store {
 
     /// The Cancel by idempotency key. Cancels the reservation the key made, if any;
     /// otherwise records a barrier so that a reserve arriving later with the key is
-    /// refused. Returns the reservation when there was one.
+    /// refused. Returns the reservation when there was one. With a `caller`, a reservation
+    /// another named caller made is refused.
     pub async fn cancel_by_key(
         &self,
         sku: &Sku,
         user: &UserId,
         key: &IdempotencyKey,
+        caller: Option<&CallerName>,
     ) -> Result<Option<Reservation>, StoreError> {
         let mut config = self.config(sku).await?;
         let mut rounds = 0;
@@ -249,6 +267,7 @@ impl Store {
                 .arg(user.as_str())
                 .arg(key.as_str())
                 .arg(config.shards)
+                .arg(caller_arg(caller))
                 .invoke_async(&mut self.connection())
                 .await?;
             rounds += 1;
@@ -280,33 +299,41 @@ impl Store {
 
     /// Reads one reservation. A held hold past its deadline reads as expired.
     pub async fn reservation(&self, id: &ReservationId) -> Result<Reservation, StoreError> {
+        let hash = self.shard_keys(id.sku(), id.shard()).hash;
         let (time, packed): ((u64, u64), Option<String>) = redis::pipe()
             .cmd("TIME")
-            .hget(self.shard_keys(id.sku(), id.shard()).hash, id.as_str())
+            .hget(&hash, hold_field(id.as_str()))
             .query_async(&mut self.connection())
             .await?;
         let packed = packed.ok_or(StoreError::NotFound)?;
         let now = time.0 * 1000 + time.1 / 1000;
-        // "<state>|<user>|<qty>|<deadline>|<key>", as lua/prelude.lua stores it.
-        let mut parts = packed.splitn(5, '|');
-        let mut next = || {
-            parts
-                .next()
-                .ok_or_else(|| StoreError::Protocol(format!("bad hold record {packed:?}")))
-        };
-        let (state, user, qty, deadline, key) = (next()?, next()?, next()?, next()?, next()?);
-        let number = |s: &str| {
-            s.parse::<u64>()
-                .map_err(|_| StoreError::Protocol(format!("bad number {s:?}")))
+        let hold = HoldRecord::parse(&packed)
+            .ok_or_else(|| StoreError::Protocol(format!("bad hold record {packed:?}")))?;
+        // A single reservation's key is in its user's record, the field that names it.
+        let origin = match &hold.cart {
+            Some(cart) => format!("#{cart}"),
+            None => {
+                let record: Option<String> = redis::cmd("HGET")
+                    .arg(&hash)
+                    .arg(&hold.user)
+                    .query_async(&mut self.connection())
+                    .await?;
+                record
+                    .as_deref()
+                    .and_then(UserRecord::parse)
+                    .and_then(|r| r.key_of(hold_field(id.as_str())).map(str::to_owned))
+                    .ok_or_else(|| StoreError::Protocol(format!("no key names {id}")))?
+            }
         };
         let raw: RawHold = (
             ScriptCode::Ok as i64,
             id.to_string(),
-            state.to_owned(),
-            user.to_owned(),
-            number(qty)?,
-            number(deadline)?,
-            key.to_owned(),
+            hold.state,
+            hold.user,
+            hold.quantity,
+            hold.deadline_ms,
+            origin,
+            hold.caller.unwrap_or_default(),
         );
         reservation_from(id.sku(), raw, now)
     }
@@ -325,18 +352,26 @@ impl Store {
             let hash = self.shard_keys(sku, shard).hash;
             let mut cursor = 0u64;
             loop {
-                // Key records are the only fields that start with an id character and
-                // contain ':' (counters start with ':', holds contain '~' instead).
+                // Users' records are the only fields that start with an id character.
                 let (next, fields): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
                     .arg(&hash)
                     .arg(cursor)
                     .arg("MATCH")
-                    .arg("[^:]*:*")
+                    .arg("[^:~]*")
                     .arg("COUNT")
                     .arg(1000)
                     .query_async(&mut conn)
                     .await?;
-                keys.extend(fields.into_iter().map(|(field, _)| field));
+                for (user, text) in fields {
+                    if let Some(record) = UserRecord::parse(&text) {
+                        keys.extend(
+                            record
+                                .keys
+                                .into_iter()
+                                .map(|(key, _)| format!("{user}:{key}")),
+                        );
+                    }
+                }
                 cursor = next;
                 if cursor == 0 {
                     break;
@@ -345,6 +380,11 @@ impl Store {
         }
         Ok(keys)
     }
+}
+
+/// The caller argument of a script: the name, or empty for none.
+pub(super) fn caller_arg(caller: Option<&CallerName>) -> &str {
+    caller.map_or("", CallerName::as_str)
 }
 
 /// The refusal of a confirm or cancel of a cart's line, naming the cart.
@@ -356,8 +396,12 @@ fn cart_line(reply: &RawHold) -> StoreError {
 }
 
 /// Builds a reservation from a script's reply about it.
-fn reservation_from(sku: &Sku, raw: RawHold, now_ms: u64) -> Result<Reservation, StoreError> {
-    let (_, rid, state, user, qty, deadline, key) = raw;
+pub(super) fn reservation_from(
+    sku: &Sku,
+    raw: RawHold,
+    now_ms: u64,
+) -> Result<Reservation, StoreError> {
+    let (_, rid, state, user, qty, deadline, key, caller) = raw;
     let bad = |what: &str| StoreError::Protocol(format!("bad {what} in reply for {rid:?}"));
     let id = ReservationId::parse(&rid).map_err(|_| bad("id"))?;
     if id.sku() != sku {
@@ -369,6 +413,10 @@ fn reservation_from(sku: &Sku, raw: RawHold, now_ms: u64) -> Result<Reservation,
         quantity: u32::try_from(qty).map_err(|_| bad("quantity"))?,
         deadline_ms: deadline,
         origin: HoldOrigin::parse(&key).map_err(|_| bad("key"))?,
+        caller: match caller.as_str() {
+            "" => None,
+            name => Some(CallerName::new(name).map_err(|_| bad("caller"))?),
+        },
         id,
     })
 }

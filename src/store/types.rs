@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::ids::{CartId, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CallerName, CartId, HoldOrigin, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::sharding::MAX_SHARDS;
 
 use super::StoreError;
@@ -111,6 +111,8 @@ pub struct ReserveRequest {
     pub quantity: u32,
     /// The client's idempotency key.
     pub key: IdempotencyKey,
+    /// The named caller making it (recorded in the hold: only it may act on the hold).
+    pub caller: Option<CallerName>,
 }
 
 /// Where a reservation stands.
@@ -167,6 +169,8 @@ pub struct Reservation {
     pub deadline_ms: u64,
     /// What made it: an idempotency key, or a cart (a cart's line).
     pub origin: HoldOrigin,
+    /// The named caller that made it, if one did.
+    pub caller: Option<CallerName>,
 }
 
 impl Reservation {
@@ -241,6 +245,8 @@ pub struct CartRequest {
     pub key: IdempotencyKey,
     /// 1 to [`MAX_CART_LINES`] lines, each SKU at most once.
     pub lines: Vec<CartLineRequest>,
+    /// The named caller making it (recorded in the cart and its lines).
+    pub caller: Option<CallerName>,
 }
 
 /// Where a cart stands (see `lua/cart.lua`). Only `Held`, `Confirmed`, `Cancelled` and
@@ -334,6 +340,8 @@ pub struct Cart {
     pub deadline_ms: u64,
     /// Its lines, in SKU order (the order they are taken in).
     pub lines: Vec<CartLine>,
+    /// The named caller that made it, if one did.
+    pub caller: Option<CallerName>,
 }
 
 /// The outcome of opening a cart.

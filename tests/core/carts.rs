@@ -15,6 +15,7 @@ use crate::support::*;
 
 fn cart_request(who: &str, idem: &str, lines: &[(&Sku, u32)]) -> CartRequest {
     CartRequest {
+        caller: None,
         user: user(who),
         key: key(idem),
         lines: lines
@@ -62,11 +63,11 @@ async fn a_cart_holds_every_line_and_confirms_them_together() {
         );
         // A line is not confirmed or cancelled alone.
         assert!(matches!(
-            h.store.confirm(&line.reservation).await,
+            h.store.confirm(&line.reservation, None).await,
             Err(StoreError::CartLine(id)) if id == cart.id
         ));
         assert!(matches!(
-            h.store.cancel(&line.reservation).await,
+            h.store.cancel(&line.reservation, None).await,
             Err(StoreError::CartLine(_))
         ));
     }
@@ -83,14 +84,14 @@ async fn a_cart_holds_every_line_and_confirms_them_together() {
         Err(StoreError::KeyReused)
     ));
 
-    let confirmed = h.store.confirm_cart(&cart.id).await.unwrap();
+    let confirmed = h.store.confirm_cart(&cart.id, None).await.unwrap();
     assert_eq!(confirmed.state, CartState::Confirmed);
     assert_eq!(
-        h.store.confirm_cart(&cart.id).await.unwrap().state,
+        h.store.confirm_cart(&cart.id, None).await.unwrap().state,
         CartState::Confirmed
     );
     assert!(matches!(
-        h.store.cancel_cart(&cart.id).await,
+        h.store.cancel_cart(&cart.id, None).await,
         Err(StoreError::CartConfirmed)
     ));
     assert_eq!(
@@ -129,7 +130,7 @@ async fn a_line_refused_on_the_last_sku_returns_every_earlier_hold() {
             .reserve(&request(seat, "carl", 1, "k"))
             .await
             .unwrap();
-        h.store.confirm(&bought.reservation.id).await.unwrap();
+        h.store.confirm(&bought.reservation.id, None).await.unwrap();
     }
     // The key left no trace.
     let none = h
@@ -164,11 +165,11 @@ async fn an_unconfirmed_cart_expires_whole_and_its_units_come_back() {
     assert_eq!(assert_conserved(&h.store, &a).await, (2, 0, 0));
     assert_eq!(assert_conserved(&h.store, &b).await, (2, 0, 0));
     assert!(matches!(
-        h.store.confirm_cart(&cart.id).await,
+        h.store.confirm_cart(&cart.id, None).await,
         Err(StoreError::CartExpired)
     ));
     assert_eq!(
-        h.store.cancel_cart(&cart.id).await.unwrap().state,
+        h.store.cancel_cart(&cart.id, None).await.unwrap().state,
         CartState::Expired
     );
 }
@@ -195,6 +196,7 @@ async fn open_and_lose(h: &Harness, cart: &Cart) {
         .arg(60_000)
         .arg(5_000)
         .arg(serde_json::to_string(&lines).unwrap())
+        .arg("")
         .invoke_async(&mut conn)
         .await
         .unwrap();
@@ -222,6 +224,7 @@ async fn take_line(h: &Harness, cart: &Cart, index: usize) -> i64 {
         .arg(1)
         .arg(cart.key.as_str())
         .arg(cart.lines.len())
+        .arg("")
         .invoke_async(&mut h.store.connection())
         .await
         .unwrap();
@@ -235,6 +238,7 @@ async fn a_cart_its_engine_lost_mid_open_is_rolled_back_once_and_a_late_take_is_
     let b = h.sku("b", spec(1, 1, 1, 60_000)).await;
     let who = user("ann");
     let cart = Cart {
+        caller: None,
         id: CartId::generate(&who),
         user: who.clone(),
         key: key("c"),
@@ -336,9 +340,9 @@ async fn concurrent_carts_over_overlapping_skus_are_never_partial() {
                         // Half the carts are paid for, half abandoned.
                         let confirm = buyer % 2 == 0;
                         let done = if confirm {
-                            store.confirm_cart(&cart.id).await.unwrap()
+                            store.confirm_cart(&cart.id, None).await.unwrap()
                         } else {
-                            store.cancel_cart(&cart.id).await.unwrap()
+                            store.cancel_cart(&cart.id, None).await.unwrap()
                         };
                         outcomes.lock().push((done, confirm));
                     }
@@ -439,7 +443,7 @@ async fn no_cart_step_reaches_a_redis_not_yet_checked_after_a_drop() {
         Err(StoreError::Recovering)
     ));
     assert!(matches!(
-        h.store.confirm_cart(&held.id).await,
+        h.store.confirm_cart(&held.id, None).await,
         Err(StoreError::Recovering)
     ));
     assert_eq!(h.store.cart(&held.id).await.unwrap().state, CartState::Held);
@@ -454,7 +458,7 @@ async fn no_cart_step_reaches_a_redis_not_yet_checked_after_a_drop() {
     // Checked, the engine trusts it again, and the cart settles.
     h.store.trust_redis();
     assert_eq!(
-        h.store.confirm_cart(&held.id).await.unwrap().state,
+        h.store.confirm_cart(&held.id, None).await.unwrap().state,
         CartState::Confirmed
     );
 }

@@ -36,12 +36,12 @@ async fn a_late_confirm_retakes_units_that_are_still_free() {
         "the units went back"
     );
 
-    let late = h.store.confirm(&ann.id).await.unwrap();
+    let late = h.store.confirm(&ann.id, None).await.unwrap();
     assert_eq!(late.state, HoldState::Confirmed);
     let t = h.store.totals(&tv).await.unwrap();
     assert_eq!((t.available, t.held, t.sold), (1, 0, 1));
     assert_eq!(
-        h.store.confirm(&ann.id).await.unwrap(),
+        h.store.confirm(&ann.id, None).await.unwrap(),
         late,
         "idempotent after a late confirm"
     );
@@ -59,7 +59,7 @@ async fn a_late_confirm_before_the_sweep_keeps_its_units() {
         .reservation;
     past_deadline().await;
     assert_eq!(
-        h.store.confirm(&ann.id).await.unwrap().state,
+        h.store.confirm(&ann.id, None).await.unwrap().state,
         HoldState::Confirmed
     );
     let t = h.store.totals(&tv).await.unwrap();
@@ -94,15 +94,15 @@ async fn a_late_confirm_whose_units_were_sold_again_fails_and_sells_nothing_twic
         HoldState::Expired
     );
     assert!(matches!(
-        h.store.confirm(&ann.id).await,
+        h.store.confirm(&ann.id, None).await,
         Err(StoreError::Expired(ExpiredBecause::Stock))
     ));
-    h.store.confirm(&bob.id).await.unwrap();
+    h.store.confirm(&bob.id, None).await.unwrap();
     let t = h.store.totals(&tv).await.unwrap();
     assert_eq!((t.available, t.held, t.sold), (0, 0, 1));
     // Cancelling the expired hold reports it expired and returns nothing a second time.
     assert_eq!(
-        h.store.cancel(&ann.id).await.unwrap().state,
+        h.store.cancel(&ann.id, None).await.unwrap().state,
         HoldState::Expired
     );
     assert_eq!(h.store.totals(&tv).await.unwrap().available, 0);
@@ -125,7 +125,7 @@ async fn a_late_confirm_over_the_limit_fails() {
         .await
         .unwrap();
     assert!(matches!(
-        h.store.confirm(&first.id).await,
+        h.store.confirm(&first.id, None).await,
         Err(StoreError::Expired(ExpiredBecause::Limit))
     ));
     let t = h.store.totals(&tv).await.unwrap();
@@ -154,7 +154,7 @@ async fn a_late_confirm_takes_units_from_another_shard() {
     h.store.reserve(&request(&tv, &bob, 1, "k")).await.unwrap();
     // Shard 1 still has its unit: it moves to shard 0 for ann's late confirm.
     assert_eq!(
-        h.store.confirm(&held.id).await.unwrap().state,
+        h.store.confirm(&held.id, None).await.unwrap().state,
         HoldState::Confirmed
     );
     let t = h.store.totals(&tv).await.unwrap();
@@ -191,7 +191,7 @@ async fn an_empty_rollback_bars_a_reserve_that_arrives_much_later() {
     let tv = h.sku("tv", spec(5, 2, 1, HOLD_MS)).await;
     assert_eq!(
         h.store
-            .cancel_by_key(&tv, &user("ann"), &key("order-7"))
+            .cancel_by_key(&tv, &user("ann"), &key("order-7"), None)
             .await
             .unwrap(),
         None

@@ -245,6 +245,7 @@ async fn run_case(
         let (expected, got) = match op.clone() {
             Op::Reserve { user, qty, key } => {
                 let request = flashsale::store::ReserveRequest {
+                    caller: None,
                     sku: sku.clone(),
                     user: user_of(user),
                     quantity: qty,
@@ -293,17 +294,17 @@ async fn run_case(
             }
             Op::Confirm { pick: p } => {
                 let id = pick(p);
-                let got = seen(store.confirm(&id).await, false);
+                let got = seen(store.confirm(&id, None).await, false);
                 (model.confirm(id.as_str()), got)
             }
             Op::Cancel { pick: p } => {
                 let id = pick(p);
-                let got = seen(store.cancel(&id).await, false);
+                let got = seen(store.cancel(&id, None).await, false);
                 (model.cancel(id.as_str()), got)
             }
             Op::CancelByKey { user, key } => {
                 let got = match store
-                    .cancel_by_key(&sku, &user_of(user), &key_of(key))
+                    .cancel_by_key(&sku, &user_of(user), &key_of(key), None)
                     .await
                 {
                     Ok(None) => Answer::Nothing,

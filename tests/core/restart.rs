@@ -65,7 +65,7 @@ async fn scripts_reload_and_nothing_acknowledged_is_lost_across_a_restart() {
                 let Some(held) = held else { continue };
                 let state = if n % 2 == 0 {
                     loop {
-                        match store.confirm(&held.id).await {
+                        match store.confirm(&held.id, None).await {
                             Ok(r) => break r.state,
                             Err(StoreError::Redis(e)) => backoff(&failures, e).await,
                             Err(e) => panic!("unexpected {e:?}"),

@@ -54,7 +54,7 @@ async fn load_creates_replaces_and_refuses_a_live_sku() {
     // A barrier alone makes a SKU live too: wiping it would let a hanging Try through.
     let radio = h.sku("radio", spec(5, 1, 1, 60_000)).await;
     h.store
-        .cancel_by_key(&radio, &user("bob"), &key("k"))
+        .cancel_by_key(&radio, &user("bob"), &key("k"), None)
         .await
         .unwrap();
     assert!(matches!(
@@ -224,10 +224,10 @@ async fn confirm_sells_once_and_refuses_cancelled_and_unknown_holds() {
         .unwrap()
         .reservation;
 
-    let confirmed = h.store.confirm(&held.id).await.unwrap();
+    let confirmed = h.store.confirm(&held.id, None).await.unwrap();
     assert_eq!(confirmed.state, HoldState::Confirmed);
     assert_eq!(
-        h.store.confirm(&held.id).await.unwrap(),
+        h.store.confirm(&held.id, None).await.unwrap(),
         confirmed,
         "a repeat is the same result"
     );
@@ -249,22 +249,22 @@ async fn confirm_sells_once_and_refuses_cancelled_and_unknown_holds() {
         .await
         .unwrap()
         .reservation;
-    h.store.cancel(&other.id).await.unwrap();
+    h.store.cancel(&other.id, None).await.unwrap();
     assert!(matches!(
-        h.store.confirm(&other.id).await,
+        h.store.confirm(&other.id, None).await,
         Err(StoreError::Cancelled)
     ));
 
     assert!(matches!(
-        h.store.confirm(&unknown_id(&tv, 0)).await,
+        h.store.confirm(&unknown_id(&tv, 0), None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        h.store.confirm(&unknown_id(&tv, 9)).await,
+        h.store.confirm(&unknown_id(&tv, 9), None).await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
-        h.store.confirm(&unknown_id(&sku("nope"), 0)).await,
+        h.store.confirm(&unknown_id(&sku("nope"), 0), None).await,
         Err(StoreError::NotFound)
     ));
     // The random part of a real id, moved into another shard or SKU, finds nothing.
@@ -276,11 +276,11 @@ async fn confirm_sells_once_and_refuses_cancelled_and_unknown_holds() {
     ] {
         let forged = ReservationId::parse(&forged).unwrap();
         assert!(matches!(
-            h.store.confirm(&forged).await,
+            h.store.confirm(&forged, None).await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
-            h.store.cancel(&forged).await,
+            h.store.cancel(&forged, None).await,
             Err(StoreError::NotFound)
         ));
         assert!(matches!(
@@ -302,9 +302,9 @@ async fn cancel_returns_units_once_and_refuses_a_sale() {
         .unwrap()
         .reservation;
 
-    let cancelled = h.store.cancel(&held.id).await.unwrap();
+    let cancelled = h.store.cancel(&held.id, None).await.unwrap();
     assert_eq!(cancelled.state, HoldState::Cancelled);
-    assert_eq!(h.store.cancel(&held.id).await.unwrap(), cancelled);
+    assert_eq!(h.store.cancel(&held.id, None).await.unwrap(), cancelled);
     let t = h.store.totals(&tv).await.unwrap();
     assert_eq!((t.available, t.held), (2, 0), "units back once, not twice");
     // The allowance came back, but the key is barred (anti-hanging).
@@ -323,13 +323,13 @@ async fn cancel_returns_units_once_and_refuses_a_sale() {
         .await
         .unwrap()
         .reservation;
-    h.store.confirm(&sold.id).await.unwrap();
+    h.store.confirm(&sold.id, None).await.unwrap();
     assert!(matches!(
-        h.store.cancel(&sold.id).await,
+        h.store.cancel(&sold.id, None).await,
         Err(StoreError::Confirmed)
     ));
     assert!(matches!(
-        h.store.cancel(&unknown_id(&tv, 0)).await,
+        h.store.cancel(&unknown_id(&tv, 0), None).await,
         Err(StoreError::NotFound)
     ));
     assert_eq!(h.store.totals(&tv).await.unwrap().sold, 1);
@@ -343,11 +343,17 @@ async fn cancel_by_key_is_an_empty_rollback_barrier_or_a_cancel() {
 
     // Empty rollback: no reserve ever came with this key. The barrier then stops the late Try.
     assert_eq!(
-        h.store.cancel_by_key(&tv, &ann, &key("k")).await.unwrap(),
+        h.store
+            .cancel_by_key(&tv, &ann, &key("k"), None)
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
-        h.store.cancel_by_key(&tv, &ann, &key("k")).await.unwrap(),
+        h.store
+            .cancel_by_key(&tv, &ann, &key("k"), None)
+            .await
+            .unwrap(),
         None
     );
     assert!(matches!(
@@ -359,13 +365,16 @@ async fn cancel_by_key_is_an_empty_rollback_barrier_or_a_cancel() {
 
     let cancelled = h
         .store
-        .cancel_by_key(&tv, &bob, &key("k"))
+        .cancel_by_key(&tv, &bob, &key("k"), None)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(cancelled.state, HoldState::Cancelled);
     assert_eq!(
-        h.store.cancel_by_key(&tv, &bob, &key("k")).await.unwrap(),
+        h.store
+            .cancel_by_key(&tv, &bob, &key("k"), None)
+            .await
+            .unwrap(),
         Some(cancelled)
     );
 
@@ -375,13 +384,15 @@ async fn cancel_by_key_is_an_empty_rollback_barrier_or_a_cancel() {
         .await
         .unwrap()
         .reservation;
-    h.store.confirm(&sold.id).await.unwrap();
+    h.store.confirm(&sold.id, None).await.unwrap();
     assert!(matches!(
-        h.store.cancel_by_key(&tv, &cat, &key("k")).await,
+        h.store.cancel_by_key(&tv, &cat, &key("k"), None).await,
         Err(StoreError::Confirmed)
     ));
     assert!(matches!(
-        h.store.cancel_by_key(&sku("nope"), &cat, &key("k")).await,
+        h.store
+            .cancel_by_key(&sku("nope"), &cat, &key("k"), None)
+            .await,
         Err(StoreError::UnknownSku)
     ));
     let t = h.store.totals(&tv).await.unwrap();
@@ -402,7 +413,7 @@ async fn sweep_expires_due_holds_oldest_first_in_bounded_steps() {
         ids.push(r.reservation.id);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let confirmed = h.store.confirm(&ids[4]).await.unwrap();
+    let confirmed = h.store.confirm(&ids[4], None).await.unwrap();
     assert_eq!(
         h.store.sweep(&tv, 100).await.unwrap().expired,
         0,
@@ -546,11 +557,11 @@ async fn every_state_change_appends_its_event() {
         .reserve(&request(&tv, "bob", 1, "kb"))
         .await
         .unwrap(); // a replay: no event
-    h.store.confirm(&a.id).await.unwrap();
-    h.store.confirm(&a.id).await.unwrap(); // a repeat: no event
-    h.store.cancel(&b.id).await.unwrap();
+    h.store.confirm(&a.id, None).await.unwrap();
+    h.store.confirm(&a.id, None).await.unwrap(); // a repeat: no event
+    h.store.cancel(&b.id, None).await.unwrap();
     h.store
-        .cancel_by_key(&tv, &user("cat"), &key("kc"))
+        .cancel_by_key(&tv, &user("cat"), &key("kc"), None)
         .await
         .unwrap();
     h.store.restock(&tv, 2, None).await.unwrap();
@@ -570,6 +581,7 @@ async fn every_state_change_appends_its_event() {
     assert_eq!(
         events[1],
         Event::Reserved {
+            caller: None,
             rid: a.id.clone(),
             user: ann.clone(),
             qty: 1,

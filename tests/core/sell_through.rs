@@ -41,7 +41,7 @@ async fn skewed_demand_ten_times_supply_sells_every_unit_once() {
                 };
                 match store.reserve(&request(&tv, &who, 1, "k")).await {
                     Ok(r) => {
-                        let sale = store.confirm(&r.reservation.id).await.unwrap();
+                        let sale = store.confirm(&r.reservation.id, None).await.unwrap();
                         sold_ids.lock().push(sale.id.to_string());
                     }
                     Err(StoreError::SoldOut) => {}

@@ -161,6 +161,7 @@ pub fn key(name: &str) -> IdempotencyKey {
 
 pub fn request(sku: &Sku, who: &str, quantity: u32, idem: &str) -> ReserveRequest {
     ReserveRequest {
+        caller: None,
         sku: sku.clone(),
         user: user(who),
         quantity,

@@ -222,7 +222,7 @@ async fn a_killed_engine_leaves_no_partial_cart() {
                 let shard = rid.split('~').nth(1).unwrap();
                 let hold: Option<String> = redis::cmd("HGET")
                     .arg(format!("{prefix}{{{sku}:{shard}}}"))
-                    .arg(rid)
+                    .arg(flashsale::store::hold_field(rid))
                     .query_async(&mut conn)
                     .await
                     .unwrap();

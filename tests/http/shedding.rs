@@ -121,7 +121,7 @@ async fn after_sell_out_reserves_are_refused_from_memory_until_units_come_back()
             .unwrap(),
     )
     .unwrap();
-    other_engine.cancel(&dan_id).await.unwrap();
+    other_engine.cancel(&dan_id, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fay = app.reserve("tv", "fay", 1, "k").await;
     assert_eq!(fay.status, StatusCode::CREATED, "{:?}", fay.body);

@@ -113,7 +113,7 @@ async fn a_reconciler_killed_mid_batch_loses_nothing_and_doubles_nothing() {
                         .await
                         .unwrap();
                     if n % 2 == 0 {
-                        store.confirm(&r.reservation.id).await.unwrap();
+                        store.confirm(&r.reservation.id, None).await.unwrap();
                     }
                 }
             })

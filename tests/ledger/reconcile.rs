@@ -17,6 +17,7 @@ pub async fn sqlite_ledger(dir: &tempfile::TempDir) -> (String, Ledger) {
 
 pub fn request(sku: &str, user: &str, key: &str) -> ReserveRequest {
     ReserveRequest {
+        caller: None,
         sku: sku.parse().unwrap(),
         user: user.parse().unwrap(),
         quantity: 1,
@@ -52,13 +53,13 @@ async fn events_settle_once_and_the_ledger_matches_redis() {
     }
     for (n, id) in ids.iter().enumerate() {
         match n % 3 {
-            0 => drop(store.confirm(id).await.unwrap()),
-            1 => drop(store.cancel(id).await.unwrap()),
+            0 => drop(store.confirm(id, None).await.unwrap()),
+            1 => drop(store.cancel(id, None).await.unwrap()),
             _ => {}
         }
     }
     store
-        .cancel_by_key(&tv, &"late".parse().unwrap(), &"k".parse().unwrap())
+        .cancel_by_key(&tv, &"late".parse().unwrap(), &"k".parse().unwrap(), None)
         .await
         .unwrap();
     store.restock(&tv, 5, None).await.unwrap();
@@ -154,6 +155,7 @@ async fn the_order_of_delivery_does_not_matter() {
             "2-0",
             1,
             vec![Event::Reserved {
+                caller: None,
                 rid: rid.clone(),
                 user: ann,
                 qty: 1,

@@ -11,6 +11,7 @@ use crate::support::*;
 
 fn request(who: &str, key: &str, skus: &[&Sku]) -> CartRequest {
     CartRequest {
+        caller: None,
         user: UserId::new(who).unwrap(),
         key: IdempotencyKey::new(key).unwrap(),
         lines: skus
@@ -40,14 +41,14 @@ async fn after_redis_lost_everything_carts_come_back_from_the_ledger() {
         .await
         .unwrap()
         .cart;
-    rig.store.confirm_cart(&paid.id).await.unwrap();
+    rig.store.confirm_cart(&paid.id, None).await.unwrap();
     let dropped = rig
         .store
         .open_cart(&request("cat", "c-3", &[&case]))
         .await
         .unwrap()
         .cart;
-    rig.store.cancel_cart(&dropped.id).await.unwrap();
+    rig.store.cancel_cart(&dropped.id, None).await.unwrap();
     rig.drain().await;
 
     rig.lose_redis_data().await;
@@ -85,7 +86,7 @@ async fn after_redis_lost_everything_carts_come_back_from_the_ledger() {
     assert!(again.replayed);
     assert_eq!(again.cart.id, held.id);
     // And the held cart settles whole, as before the loss.
-    let confirmed = rig.store.confirm_cart(&held.id).await.unwrap();
+    let confirmed = rig.store.confirm_cart(&held.id, None).await.unwrap();
     assert_eq!(confirmed.state, CartState::Confirmed);
     for line in &confirmed.lines {
         let hold = rig.store.reservation(&line.reservation).await.unwrap();

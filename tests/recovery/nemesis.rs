@@ -396,6 +396,7 @@ impl Worker {
             IdempotencyKey::new(format!("k{}", self.rng.random_range(0..4))).unwrap()
         };
         let request = ReserveRequest {
+            caller: None,
             sku,
             user,
             quantity: self.rng.random_range(1..=PER_USER_LIMIT),
@@ -411,7 +412,7 @@ impl Worker {
         let Some(acked) = self.world.told().pick_recent(&mut self.rng) else {
             return;
         };
-        match store.confirm(&acked.id).await {
+        match store.confirm(&acked.id, None).await {
             Ok(_) => self.world.told().confirmed(&acked.id, epoch),
             Err(e) => self.world.told().refuse("confirm", &e),
         }
@@ -421,7 +422,7 @@ impl Worker {
         let Some(acked) = self.world.told().pick_recent(&mut self.rng) else {
             return;
         };
-        match store.cancel(&acked.id).await {
+        match store.cancel(&acked.id, None).await {
             Ok(_) => self.world.told().note("cancel"),
             Err(e) => self.world.told().refuse("cancel", &e),
         }
@@ -439,7 +440,7 @@ impl Worker {
                 (sku, user, self.fresh_key("b"))
             }
         };
-        match store.cancel_by_key(&sku, &user, &key).await {
+        match store.cancel_by_key(&sku, &user, &key, None).await {
             Ok(_) => self.world.told().note("cancel_by_key"),
             Err(e) => self.world.told().refuse("cancel_by_key", &e),
         }
@@ -1379,6 +1380,7 @@ impl Nemesis {
             while sold <= ceiling {
                 buyer += 1;
                 let request = ReserveRequest {
+                    caller: None,
                     sku: sku.clone(),
                     user: UserId::new(format!("closer{buyer}")).unwrap(),
                     quantity: 1,
@@ -1388,7 +1390,7 @@ impl Nemesis {
                 match engine.reserve(&request).await {
                     Ok(reserved) => {
                         engine
-                            .confirm(&reserved.reservation.id)
+                            .confirm(&reserved.reservation.id, None)
                             .await
                             .or_fail(&at, "confirm in the closing sale");
                         sold += 1;

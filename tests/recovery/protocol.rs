@@ -50,13 +50,14 @@ async fn a_fenced_sku_changes_for_nobody() {
     for store in [&rig.store, &other] {
         let refusals = [
             store.reserve(&one_unit(&sku, "bob", "k1")).await.err(),
-            store.confirm(&id).await.err(),
-            store.cancel(&id).await.err(),
+            store.confirm(&id, None).await.err(),
+            store.cancel(&id, None).await.err(),
             store
                 .cancel_by_key(
                     &sku,
                     &one_unit(&sku, "cy", "k").user,
                     &one_unit(&sku, "cy", "k").key,
+                    None,
                 )
                 .await
                 .err(),
@@ -113,7 +114,7 @@ async fn two_repairs_at_once_take_turns() {
             .await
             .unwrap();
         if n % 2 == 0 {
-            rig.store.confirm(&held.reservation.id).await.unwrap();
+            rig.store.confirm(&held.reservation.id, None).await.unwrap();
         }
     }
     rig.drain().await;

@@ -94,9 +94,17 @@ async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
         .expect("shard snapshot");
     let config = rig.store.config(&sku).await.expect("config");
     // The shard as the snapshot saw it: ann's unit held, nine available.
-    let mut fields: Vec<(String, String)> = snapshot.holds.clone();
-    fields.extend(snapshot.keys.clone());
-    fields.push(("ann".to_owned(), "1".to_owned()));
+    let mut fields: Vec<(String, String)> = snapshot
+        .holds
+        .iter()
+        .map(|(rid, hold, _)| (flashsale::store::hold_field(rid).to_owned(), hold.format()))
+        .collect();
+    fields.extend(
+        snapshot
+            .users
+            .iter()
+            .map(|(user, record)| (user.clone(), record.format())),
+    );
     let stale = ShardImage {
         rules: ShardRules {
             per_user_limit: config.per_user_limit,
@@ -115,13 +123,13 @@ async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
         stale
             .fields
             .iter()
-            .any(|(f, v)| *f == id.as_str() && v.starts_with("h|")),
+            .any(|(f, v)| *f == flashsale::store::hold_field(id.as_str()) && v.starts_with("h|")),
         "the image holds the reservation as held: {stale:?}"
     );
 
     // Fenced, the shard refuses the confirm and stays as it was.
     assert!(matches!(
-        rig.store.confirm(&id).await,
+        rig.store.confirm(&id, None).await,
         Err(StoreError::Recovering)
     ));
     assert_eq!(
@@ -131,7 +139,7 @@ async fn a_restore_does_not_overwrite_a_write_made_after_its_snapshot() {
 
     // The fence lifted and taken again, a confirm between: the restore must not land.
     assert!(rig.store.unfence_shard(&sku, 0, "repair-a").await.unwrap());
-    rig.store.confirm(&id).await.expect("confirm");
+    rig.store.confirm(&id, None).await.expect("confirm");
     let now_seen = rig
         .store
         .fence_shard(&sku, 0, "repair-a")

@@ -181,16 +181,20 @@ impl Rig {
         assert_eq!(removed, 1, "no pending record of {move_id}");
     }
 
-    /// Units `user` holds or bought in one shard: their allowance field.
+    /// Units `user` holds or bought in one shard: their record's allowance.
     pub async fn allowance(&self, sku: &Sku, shard: u16, user: &UserId) -> u64 {
         let hash = self.store.keys().shard(sku, shard).hash;
-        let used: Option<u64> = redis::cmd("HGET")
+        let record: Option<String> = redis::cmd("HGET")
             .arg(&hash)
             .arg(user.as_str())
             .query_async(&mut self.store.connection())
             .await
-            .expect("HGET allowance");
-        used.unwrap_or(0)
+            .expect("HGET the user's record");
+        record.map_or(0, |text| {
+            flashsale::store::UserRecord::parse(&text)
+                .expect("a user's record")
+                .units
+        })
     }
 }
 
@@ -216,6 +220,7 @@ pub async fn load_with(store: &Store, sku: &Sku, stock: u64, shards: u16, limit:
 /// A reserve of one unit.
 pub fn one_unit(sku: &Sku, user: &str, key: &str) -> ReserveRequest {
     ReserveRequest {
+        caller: None,
         sku: sku.clone(),
         user: UserId::new(user).expect("user"),
         quantity: 1,
