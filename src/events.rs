@@ -122,6 +122,17 @@ pub enum Event {
         /// Units.
         qty: u64,
     },
+    /// The shard's sale window closed early: a retirement began (`lua/retire_shard.lua`).
+    Closed {
+        /// The window's new end, ms since the epoch.
+        ends_at_ms: u64,
+    },
+    /// The shard was retired: it holds nothing and takes nothing from now on, and its keys
+    /// go once this event is settled (`lua/purge_shard.lua`).
+    Retired {
+        /// When, ms since the epoch.
+        at_ms: u64,
+    },
 }
 
 /// One stream entry: the events of one script call on one shard.
@@ -279,6 +290,18 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
                 move_id: rest[0].to_owned(),
                 from: num(rest[1])?,
                 qty: num(rest[2])?,
+            }
+        }
+        "closed" => {
+            arity(1)?;
+            Event::Closed {
+                ends_at_ms: num(rest[0])?,
+            }
+        }
+        "retired" => {
+            arity(1)?;
+            Event::Retired {
+                at_ms: num(rest[0])?,
             }
         }
         other => return Err(format!("unknown event kind {other:?}")),

@@ -35,6 +35,11 @@ const SQLITE: Embedded = Embedded(&[
         "carts",
         include_str!("../../migrations/sqlite/0004_carts.sql"),
     ),
+    (
+        6,
+        "retirement",
+        include_str!("../../migrations/sqlite/0006_retirement.sql"),
+    ),
 ]);
 
 const POSTGRES: Embedded = Embedded(&[
@@ -57,6 +62,11 @@ const POSTGRES: Embedded = Embedded(&[
         4,
         "carts",
         include_str!("../../migrations/postgres/0004_carts.sql"),
+    ),
+    (
+        6,
+        "retirement",
+        include_str!("../../migrations/postgres/0006_retirement.sql"),
     ),
 ]);
 

@@ -6,7 +6,7 @@
 //! (`moves.rs`). One file per concern: SKUs and totals (`skus.rs`), reservations
 //! (`reservations.rs`), the expiry sweep (`sweep.rs`), stock moves (`moves.rs`), the
 //! repair protocol's primitives (`repair.rs`), the identity check's reads (`identity.rs`),
-//! the reserve batcher (`batcher.rs`).
+//! the reserve batcher (`batcher.rs`), a SKU's retirement (`retire.rs`).
 //!
 //! The hot path uses one multiplexed connection (see [`crate::topology`]): on a single
 //! Redis a connection manager that pipelines concurrent calls and reconnects by itself (on
@@ -22,6 +22,7 @@ mod identity;
 mod moves;
 mod repair;
 mod reservations;
+mod retire;
 mod skus;
 mod sweep;
 mod types;
@@ -41,6 +42,7 @@ use crate::topology::{RedisConnection, RedisTarget};
 
 pub use connection::StoreConnection;
 pub use error::{ExpiredBecause, QuantityBound, StoreError};
+pub use retire::Retirement;
 pub use repair::{RestoreOutcome, ShardImage, ShardRules, ShardSnapshot};
 pub use types::{
     Cart, CartLine, CartLineRequest, CartOpened, CartRequest, CartState, HoldState, LineRefusal,
