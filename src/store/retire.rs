@@ -182,4 +182,35 @@ impl Store {
         }
         Ok(true)
     }
+
+    /// Deletes whatever a SKU the ledger says is retired left in Redis (shards `0..shards`,
+    /// its routing record, lease and SKU set entry): a repair or an operator's hand may
+    /// have written there after the purge. Such data is deleted, never restored: the ledger
+    /// has the SKU's whole record. Returns whether anything was there.
+    pub async fn purge_retired(&self, sku: &Sku, shards: u16) -> Result<bool, StoreError> {
+        let mut found = false;
+        for shard in 0..shards {
+            let keys = self.shard_keys(sku, shard);
+            let deleted: u64 = redis::cmd("DEL")
+                .arg(&keys.hash)
+                .arg(&keys.deadlines)
+                .arg(&keys.events)
+                .arg(&keys.moves)
+                .query_async(&mut self.connection())
+                .await?;
+            found |= deleted > 0;
+        }
+        let deleted: u64 = redis::cmd("DEL")
+            .arg(self.inner.keys.meta(sku))
+            .arg(self.inner.keys.repair_lease(sku))
+            .query_async(&mut self.connection())
+            .await?;
+        let removed: u64 = redis::cmd("SREM")
+            .arg(self.inner.keys.registry())
+            .arg(sku.as_str())
+            .query_async(&mut self.connection())
+            .await?;
+        self.forget(sku);
+        Ok(found || deleted > 0 || removed > 0)
+    }
 }
