@@ -396,6 +396,7 @@ impl Application {
                 config.sweep_interval(),
                 state.registry.clone(),
                 state.metrics.clone(),
+                config.retire_after(),
             ),
             gates::spawn(store, admission, config.sold_out_poll(), trust),
         ];
