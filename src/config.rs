@@ -155,7 +155,11 @@ pub struct ServeConfig {
     /// and its events are settled in the ledger: every key of it leaves Redis, the ledger
     /// keeps its record (0: never; `DELETE /v1/skus/{sku}` retires one by hand). Needs a
     /// ledger: without one nothing settles, and nothing is retired automatically.
-    #[arg(long = "retire-after", env = "FLASHSALE_RETIRE_AFTER", default_value_t = 86_400)]
+    #[arg(
+        long = "retire-after",
+        env = "FLASHSALE_RETIRE_AFTER",
+        default_value_t = 86_400
+    )]
     pub retire_after_s: u64,
 
     /// How often a sold-out SKU is checked for units that came back, in ms.

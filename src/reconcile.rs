@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use rand::Rng;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply,
+    StreamReadReply,
+};
 use redis::{RedisError, Value};
 use tokio::sync::{watch, OnceCell};
 
@@ -259,29 +262,24 @@ impl Reconciler {
     pub async fn discover(&self) -> Result<Vec<String>, ReconcileError> {
         let mut found = Vec::new();
         // Only SKUs still in the set: a retired SKU's streams are gone, and so is its work.
-        let mut retiring = Vec::new();
+        let mut wanted = Vec::new();
         for sku in self.store.skus().await? {
             let Some(config) = self.store.reload_config(&sku).await? else {
                 continue;
             };
-            let streams = (0..config.ever_shards).map(|shard| self.store.keys().shard(&sku, shard).events);
             // Every shard the SKU ever had: a replace with fewer shards writes the last
             // events of the ones it drops.
-            if self.store.retiring_since(&sku).await?.is_some() {
-                retiring.extend(streams);
-            } else {
-                found.extend(streams);
+            for shard in 0..config.ever_shards {
+                wanted.push(self.store.keys().shard(&sku, shard).events);
             }
         }
+        // Read after the SKUs: a discovery running beside this one may have cleared it.
         let known = self.streams.lock().clone();
-        let new: Vec<String> = found
-            .iter()
-            .filter(|k| !known.contains(k))
-            .cloned()
-            .collect();
-        self.ensure_groups(&new).await?;
-        // A retiring SKU's stream is never made again: one its purge deleted stays gone.
-        for key in retiring {
+        // A stream is never made here, only its group: a stream a retirement purged stays
+        // gone (a discovery that listed its SKU just before the purge finds no stream), and
+        // every stream a SKU writes to exists from its load on. A group made at `0` later
+        // misses nothing: no stream is trimmed before every group has read it.
+        for key in wanted {
             if known.contains(&key) || self.ensure_group_if_present(&key).await? {
                 found.push(key);
             }
@@ -325,7 +323,9 @@ impl Reconciler {
             Ok(()) => Ok(true),
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(true),
             // "The XGROUP subcommand requires the key to exist": purged.
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -648,7 +648,10 @@ impl Reconciler {
             {
                 Ok(groups) => groups,
                 // Purged by a retirement since the last discovery.
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+                Err(e)
+                    if e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
                     continue
                 }
                 Err(e) => return Err(e.into()),
@@ -755,13 +758,19 @@ impl Reconciler {
                 .await
             {
                 Ok(consumers) => consumers,
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+                Err(e)
+                    if e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
                     continue
                 }
                 Err(e) => return Err(e.into()),
             };
             for consumer in consumers.consumers {
-                if consumer.name == self.options.consumer || consumer.pending > 0 || consumer.idle < idle {
+                if consumer.name == self.options.consumer
+                    || consumer.pending > 0
+                    || consumer.idle < idle
+                {
                     continue;
                 }
                 redis::cmd("XGROUP")

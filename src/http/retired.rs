@@ -15,7 +15,11 @@ pub(super) async fn sku_view(state: &AppState, sku: &Sku) -> Option<SkuView> {
         if ledger.retired(sku.as_str()).await?.is_none() {
             return Ok::<_, LedgerError>(None);
         }
-        let rules = ledger.skus().await?.into_iter().find(|s| s.sku == sku.as_str());
+        let rules = ledger
+            .skus()
+            .await?
+            .into_iter()
+            .find(|s| s.sku == sku.as_str());
         let f = ledger.figures(sku.as_str()).await?;
         let nonzero = |ms: u64| (ms > 0).then(|| rfc3339(ms));
         Ok(Some(SkuView {
@@ -65,7 +69,10 @@ pub(super) async fn is_retired(state: &AppState, sku: &Sku) -> bool {
 }
 
 /// The ledger's record of reservation `id` if its SKU is retired.
-pub(super) async fn reservation_view(state: &AppState, id: &ReservationId) -> Option<ReservationView> {
+pub(super) async fn reservation_view(
+    state: &AppState,
+    id: &ReservationId,
+) -> Option<ReservationView> {
     let ledger = state.ledger.get()?;
     let sku = id.sku();
     let found = async {

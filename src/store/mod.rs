@@ -42,8 +42,8 @@ use crate::topology::{RedisConnection, RedisTarget};
 
 pub use connection::StoreConnection;
 pub use error::{ExpiredBecause, QuantityBound, StoreError};
-pub use retire::Retirement;
 pub use repair::{RestoreOutcome, ShardImage, ShardRules, ShardSnapshot};
+pub use retire::Retirement;
 pub use types::{
     Cart, CartLine, CartLineRequest, CartOpened, CartRequest, CartState, HoldState, LineRefusal,
     Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport, Totals,
