@@ -349,7 +349,9 @@ pub async fn restock(
 /// Retires a SKU: it takes nothing new from now on (its window closes at once), and every
 /// key and field of it leaves Redis once the ledger has settled its streams; the ledger
 /// keeps its whole record, and reads of the SKU and its reservations answer from it.
-/// Idempotent: repeating it reports where the retirement stands.
+/// Idempotent: repeating it reports where the retirement stands. Idempotency records and
+/// cancel barriers live as long as the SKU is live or ended: from the retirement on, a
+/// repeated reserve is refused (`410 sku_retired`) rather than replayed.
 #[utoipa::path(
     delete,
     path = "/v1/skus/{sku}",
