@@ -335,9 +335,21 @@ mod tests {
                 late: true
             }
         );
+        assert_eq!(
+            parse_line("closed|1764064666123").unwrap(),
+            Event::Closed {
+                ends_at_ms: 1_764_064_666_123
+            }
+        );
+        assert_eq!(
+            parse_line("retired|7").unwrap(),
+            Event::Retired { at_ms: 7 }
+        );
         for bad in [
             String::new(),
             "reserved|x".to_owned(),
+            "retired".to_owned(),
+            "closed|soon".to_owned(),
             format!("confirmed|{rid}|ann|two|0"),
             format!("expired|{rid}|a:b|1"),
             "shipped|1".to_owned(),

@@ -322,6 +322,7 @@ pub async fn get_sku(
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "sku_retired: the SKU is retiring; it takes no restock", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid quantity or ids", body = Problem, content_type = "application/problem+json"),
