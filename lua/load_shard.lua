@@ -15,14 +15,16 @@
 
   Returns {now ms, shard avail after, code}:
     OK          loaded; REPLACED when an earlier load was replaced
-    SKU_LIVE    the shard has holds, sales, barriers or moves in flight: nothing changed
+    SKU_LIVE    the shard has holds, sales, barriers or moves in flight, or is retired
+                (retire_shard.lua; a retired SKU is never loaded again): nothing changed
     FENCED      a repair owns the shard: nothing changed
   Events: loaded {qty, limit, hold, start, end, shards}.
 ]]
 local movesKey = KEYS[4]
 local units = tonumber(ARGV[3])
-prefetch({ ':fence', ':lim', ':avail', ':made', ':held', ':sold', ':ver' })
+prefetch({ ':fence', ':lim', ':avail', ':made', ':held', ':sold', ':ver', ':retired' })
 if fenced() then return { now, 0, FENCED } end
+if hget(':retired') then return { now, 0, SKU_LIVE } end
 local version = num(':ver')
 local existed = hget(':lim') ~= false
 if num(':made') > 0 or num(':held') > 0 or num(':sold') > 0 or rcall('HLEN', movesKey) > 0 then

@@ -50,6 +50,7 @@
     loaded|qty|limit|hold ms|start|end|shards
     moved_out|move|to shard|qty             moved_in|move|from shard|qty
     restored|qty                            (restore_shard.lua: the shard's new base)
+    closed|end ms                           retired|ms   (retire_shard.lua)
   One entry per call keeps a coalesced reserve of many requests to a single XADD.
 
   Discipline: every read goes through hget (cached), every write is buffered by hset/emit

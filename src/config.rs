@@ -151,6 +151,17 @@ pub struct ServeConfig {
     #[arg(long, env = "FLASHSALE_SWEEP_INTERVAL_MS", default_value_t = 250)]
     pub sweep_interval_ms: u64,
 
+    /// Retire a SKU this many seconds after its sale window ended, once no hold is open
+    /// and its events are settled in the ledger: every key of it leaves Redis, the ledger
+    /// keeps its record (0: never; `DELETE /v1/skus/{sku}` retires one by hand). Needs a
+    /// ledger: without one nothing settles, and nothing is retired automatically.
+    #[arg(
+        long = "retire-after",
+        env = "FLASHSALE_RETIRE_AFTER",
+        default_value_t = 86_400
+    )]
+    pub retire_after_s: u64,
+
     /// How often a sold-out SKU is checked for units that came back, in ms.
     #[arg(long, env = "FLASHSALE_SOLD_OUT_POLL_MS", default_value_t = 50)]
     pub sold_out_poll_ms: u64,
@@ -201,6 +212,7 @@ impl ServeConfig {
             burst_sku: 10_000,
             max_in_flight: 4_096,
             sweep_interval_ms: 250,
+            retire_after_s: 86_400,
             sold_out_poll_ms: 50,
             heartbeat_ms: 1_000,
             rate_split: RateSplit::Even,
@@ -239,6 +251,13 @@ impl ServeConfig {
     /// The sweep interval.
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_millis(self.sweep_interval_ms.max(1))
+    }
+
+    /// How long after its window a SKU is retired automatically; `None`: never (also
+    /// without a ledger, which retirement needs).
+    pub fn retire_after(&self) -> Option<Duration> {
+        (self.retire_after_s > 0 && self.database_url().is_some())
+            .then(|| Duration::from_secs(self.retire_after_s))
     }
 
     /// The sold-out poll interval.

@@ -124,6 +124,17 @@ pub enum Event {
         /// Units.
         qty: u64,
     },
+    /// The shard's sale window closed early: a retirement began (`lua/retire_shard.lua`).
+    Closed {
+        /// The window's new end, ms since the epoch.
+        ends_at_ms: u64,
+    },
+    /// The shard was retired: it holds nothing and takes nothing from now on, and its keys
+    /// go once this event is settled (`lua/purge_shard.lua`).
+    Retired {
+        /// When, ms since the epoch.
+        at_ms: u64,
+    },
 }
 
 /// One stream entry: the events of one script call on one shard.
@@ -291,6 +302,18 @@ pub fn parse_line(line: &str) -> Result<Event, String> {
                 qty: num(rest[2])?,
             }
         }
+        "closed" => {
+            arity(1)?;
+            Event::Closed {
+                ends_at_ms: num(rest[0])?,
+            }
+        }
+        "retired" => {
+            arity(1)?;
+            Event::Retired {
+                at_ms: num(rest[0])?,
+            }
+        }
         other => return Err(format!("unknown event kind {other:?}")),
     })
 }
@@ -334,9 +357,21 @@ mod tests {
                 late: true
             }
         );
+        assert_eq!(
+            parse_line("closed|1764064666123").unwrap(),
+            Event::Closed {
+                ends_at_ms: 1_764_064_666_123
+            }
+        );
+        assert_eq!(
+            parse_line("retired|7").unwrap(),
+            Event::Retired { at_ms: 7 }
+        );
         for bad in [
             String::new(),
             "reserved|x".to_owned(),
+            "retired".to_owned(),
+            "closed|soon".to_owned(),
             format!("confirmed|{rid}|ann|two|0"),
             format!("expired|{rid}|a:b|1"),
             "shipped|1".to_owned(),

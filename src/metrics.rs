@@ -42,6 +42,8 @@ pub struct Metrics {
     pub reconciler_duplicates: IntCounter,
     /// Failed reconciler turns (Redis or database).
     pub reconciler_errors: IntCounter,
+    /// Dead consumers removed from the ledger's groups (no entry pending, idle long).
+    pub reconciler_consumers_removed: IntCounter,
     /// Drifts the periodic audit found between Redis and the ledger, by kind (every kind is
     /// there from the start, at 0).
     pub audit_drifts: IntCounterVec,
@@ -135,6 +137,10 @@ impl Metrics {
             "flashsale_reconciler_errors_total",
             "Failed reconciler turns",
         );
+        let reconciler_consumers_removed = counter(
+            "flashsale_reconciler_consumers_removed_total",
+            "Dead consumers removed from the ledger's consumer groups",
+        );
         let audit_drifts = IntCounterVec::new(
             Opts::new(
                 "flashsale_audit_drifts_total",
@@ -209,6 +215,7 @@ impl Metrics {
             Box::new(reconciler_events.clone()),
             Box::new(reconciler_duplicates.clone()),
             Box::new(reconciler_errors.clone()),
+            Box::new(reconciler_consumers_removed.clone()),
             Box::new(audit_drifts.clone()),
             Box::new(repairs.clone()),
             Box::new(engines_live.clone()),
@@ -244,6 +251,7 @@ impl Metrics {
             reconciler_events,
             reconciler_duplicates,
             reconciler_errors,
+            reconciler_consumers_removed,
             audit_drifts,
             repairs,
             engines_live,

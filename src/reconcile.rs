@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use futures::future::try_join_all;
 use rand::Rng;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply,
+    StreamReadReply,
+};
 use redis::{RedisError, Value};
 use tokio::sync::{watch, OnceCell};
 
@@ -190,6 +193,13 @@ fn entry_of(stream: &str, id: &StreamId) -> Option<Entry> {
     }
 }
 
+/// Whether a stream command failed because its stream (or the group on it) is gone: a
+/// retirement purged it, or a restarted Redis lost it. `UNBLOCKED` is what a blocked
+/// `XREADGROUP` gets when its stream is deleted under it.
+fn stream_gone(error: &RedisError) -> bool {
+    matches!(error.code(), Some("NOGROUP") | Some("UNBLOCKED"))
+}
+
 impl Reconciler {
     /// A reconciler reading the streams `store` writes, on connections of its own to the
     /// same Redis (or cluster), made on first use.
@@ -251,6 +261,8 @@ impl Reconciler {
     /// Finds every shard stream of every SKU and makes sure the group exists on it.
     pub async fn discover(&self) -> Result<Vec<String>, ReconcileError> {
         let mut found = Vec::new();
+        // Only SKUs still in the set: a retired SKU's streams are gone, and so is its work.
+        let mut wanted = Vec::new();
         for sku in self.store.skus().await? {
             let Some(config) = self.store.reload_config(&sku).await? else {
                 continue;
@@ -258,16 +270,20 @@ impl Reconciler {
             // Every shard the SKU ever had: a replace with fewer shards writes the last
             // events of the ones it drops.
             for shard in 0..config.ever_shards {
-                found.push(self.store.keys().shard(&sku, shard).events);
+                wanted.push(self.store.keys().shard(&sku, shard).events);
             }
         }
+        // Read after the SKUs: a discovery running beside this one may have cleared it.
         let known = self.streams.lock().clone();
-        let new: Vec<String> = found
-            .iter()
-            .filter(|k| !known.contains(k))
-            .cloned()
-            .collect();
-        self.ensure_groups(&new).await?;
+        // A stream is never made here, only its group: a stream a retirement purged stays
+        // gone (a discovery that listed its SKU just before the purge finds no stream), and
+        // every stream a SKU writes to exists from its load on. A group made at `0` later
+        // misses nothing: no stream is trimmed before every group has read it.
+        for key in wanted {
+            if known.contains(&key) || self.ensure_group_if_present(&key).await? {
+                found.push(key);
+            }
+        }
         *self.streams.lock() = found.clone();
         Ok(found)
     }
@@ -291,6 +307,29 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Makes sure the group exists on `key` if the stream does; returns whether it does.
+    async fn ensure_group_if_present(&self, key: &str) -> Result<bool, ReconcileError> {
+        let mut conn = self.commands().await?;
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg(GROUP)
+            .arg("0")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(true),
+            // "The XGROUP subcommand requires the key to exist": purged.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Settles every entry of `streams`, delivered to any consumer or not, until none is
@@ -346,10 +385,14 @@ impl Reconciler {
         let batch = match read {
             Ok(batch) => batch,
             Err(ReconcileError::Redis(error)) => {
-                if error.code() == Some("NOGROUP") {
-                    // The stream was recreated (Redis restarted, or a shard was restored):
-                    // the next discovery makes the group again.
+                if stream_gone(&error) {
+                    // The stream was purged by a retirement, or recreated (Redis restarted,
+                    // or a shard was restored): discover again (which makes the group where
+                    // the stream is wanted) and go on; no error, no back-off.
+                    tracing::debug!(%error, "a stream went away; discovering again");
                     self.streams.lock().clear();
+                    self.discover().await?;
+                    return Ok(Turn::default());
                 }
                 return Err(error.into());
             }
@@ -454,7 +497,11 @@ impl Reconciler {
         let streams = self.streams.lock().clone();
         let mut total = Turn::default();
         for key in streams {
-            let (turn, _) = self.claim(&key, self.options.claim_idle, "0-0").await?;
+            let (turn, _) = match self.claim(&key, self.options.claim_idle, "0-0").await {
+                // Purged by a retirement since the last discovery.
+                Err(ReconcileError::Redis(e)) if stream_gone(&e) => continue,
+                other => other?,
+            };
             total.entries += turn.entries;
             total.applied.applied += turn.applied.applied;
             total.applied.duplicates += turn.applied.duplicates;
@@ -593,11 +640,22 @@ impl Reconciler {
         let mut conn = self.commands().await?;
         let mut trimmed = 0;
         for key in &streams {
-            let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+            let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(key)
                 .query_async(&mut conn)
-                .await?;
+                .await
+            {
+                Ok(groups) => groups,
+                // Purged by a retirement since the last discovery.
+                Err(e)
+                    if e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut floor: Option<(u64, u64)> = None;
             for group in &groups.groups {
                 // A group's safe point: its oldest pending entry, or else everything up to
@@ -678,7 +736,57 @@ impl Reconciler {
         self.discover().await?;
         self.trim().await?;
         self.claim_abandoned().await?;
+        self.remove_dead_consumers().await?;
         Ok(())
+    }
+
+    /// Removes from each stream's group the consumers that are dead: another's, no entry
+    /// pending (whatever they held was claimed by [`Reconciler::claim_abandoned`]), idle for
+    /// three claim periods. Every process start names a consumer; without this the groups
+    /// would keep one per start forever. Returns how many were removed.
+    pub async fn remove_dead_consumers(&self) -> Result<u64, ReconcileError> {
+        let streams = self.streams.lock().clone();
+        let mut conn = self.commands().await?;
+        let idle = (self.options.claim_idle * 3).as_millis() as usize;
+        let mut removed = 0;
+        for key in &streams {
+            let consumers: StreamInfoConsumersReply = match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(key)
+                .arg(GROUP)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(consumers) => consumers,
+                Err(e)
+                    if e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for consumer in consumers.consumers {
+                if consumer.name == self.options.consumer
+                    || consumer.pending > 0
+                    || consumer.idle < idle
+                {
+                    continue;
+                }
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(key)
+                    .arg(GROUP)
+                    .arg(&consumer.name)
+                    .exec_async(&mut conn)
+                    .await?;
+                removed += 1;
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.reconciler_consumers_removed.inc_by(removed);
+        }
+        Ok(removed)
     }
 
     /// Runs until `shutdown` turns true: turns, with housekeeping every interval, and

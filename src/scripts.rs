@@ -49,6 +49,10 @@ pub struct Scripts {
     pub unfence_shard: Script,
     /// `lua/cart_line.lua`: takes, confirms or releases one line of a cart on its shard.
     pub cart_line: Script,
+    /// `lua/retire_shard.lua`: closes a shard's window and, once it holds nothing, retires it.
+    pub retire_shard: Script,
+    /// `lua/purge_shard.lua`: deletes a retired shard's keys once its stream is settled.
+    pub purge_shard: Script,
     /// `lua/cart.lua`: a cart's record, moved on by compare-and-set (no prelude).
     pub cart: Script,
     /// `lua/take_lease.lua`: takes a SKU's repair lease (no prelude).
@@ -79,6 +83,8 @@ impl Scripts {
             fence_shard: with_prelude!("fence_shard.lua"),
             unfence_shard: with_prelude!("unfence_shard.lua"),
             cart_line: with_prelude!("cart_line.lua"),
+            retire_shard: with_prelude!("retire_shard.lua"),
+            purge_shard: with_prelude!("purge_shard.lua"),
             cart: alone!("cart.lua"),
             take_lease: alone!("take_lease.lua"),
             release_lease: alone!("release_lease.lua"),

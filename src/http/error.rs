@@ -233,9 +233,11 @@ impl ApiError {
                     | StoreError::Cancelled
                     | StoreError::Confirmed
                     | StoreError::TooManyKeys
-                    | StoreError::SkuLive => S::CONFLICT,
+                    | StoreError::SkuLive
+                    | StoreError::HoldsOpen { .. } => S::CONFLICT,
                     StoreError::NotOwner => S::FORBIDDEN,
                     StoreError::UnknownSku | StoreError::NotFound => S::NOT_FOUND,
+                    StoreError::Retired => S::GONE,
                     StoreError::InvalidQuantity(_)
                     | StoreError::KeyReused
                     | StoreError::InvalidSpec(_) => S::UNPROCESSABLE_ENTITY,
@@ -382,6 +384,8 @@ fn title_of(code: &str) -> &'static str {
         "reservation_confirmed" => "Reservation confirmed",
         "reservation_expired" => "Reservation expired",
         "sku_live" => "SKU is live",
+        "sku_holds_open" => "SKU has holds open",
+        "sku_retired" => "SKU retired",
         "invalid_sku_spec" => "Invalid SKU specification",
         "unavailable" => "Service unavailable",
         "recovering" => "SKU being repaired",

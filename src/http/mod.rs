@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod number;
 mod reservations;
+mod retired;
 mod skus;
 
 use std::future::Future;
@@ -169,7 +170,7 @@ impl utoipa::Modify for AdminTokenScheme {
 /// The routes and their OpenAPI document.
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(skus::put_sku, skus::get_sku))
+        .routes(routes!(skus::put_sku, skus::get_sku, skus::retire_sku))
         .routes(routes!(skus::restock))
         .routes(routes!(reservations::reserve))
         .routes(routes!(reservations::cancel_by_key))
@@ -395,6 +396,7 @@ impl Application {
                 config.sweep_interval(),
                 state.registry.clone(),
                 state.metrics.clone(),
+                config.retire_after(),
             ),
             gates::spawn(store, admission, config.sold_out_poll(), trust),
         ];

@@ -100,6 +100,10 @@ pub struct ReservationView {
     /// with its cart, not alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cart_id: Option<String>,
+    /// Present and true when its SKU is retired: the answer comes from the ledger of
+    /// record, and the reservation can no longer change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
 }
 
 impl From<&Reservation> for ReservationView {
@@ -112,6 +116,7 @@ impl From<&Reservation> for ReservationView {
             status: r.state.into(),
             expires_at: rfc3339(r.deadline_ms),
             cart_id: r.origin.cart().map(ToString::to_string),
+            retired: false,
         }
     }
 }
@@ -198,6 +203,7 @@ async fn invalid_quantity(state: &AppState, sku: &Sku) -> ApiError {
         ),
         (status = 400, description = "missing_idempotency_key, malformed_json", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "sku_retired: the SKU is retired (its record is in the ledger); it takes no new reservation", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "sold_out, insufficient_stock, limit_exceeded, sale_not_started, sale_ended, reservation_cancelled (key barred by a cancel)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
@@ -257,6 +263,9 @@ async fn hold(
             state.sold_out(&request.sku);
             return Err(StoreError::SoldOut.into());
         }
+        Err(StoreError::UnknownSku) if super::retired::is_retired(&state, &request.sku).await => {
+            return Err(StoreError::Retired.into());
+        }
         Err(error) => return Err(error.into()),
     };
     let mut response = (
@@ -279,8 +288,8 @@ async fn hold(
     tag = "reservations",
     params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
-        (status = 200, description = "The reservation", body = ReservationView),
-        (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The reservation; of a retired SKU, the ledger's record, marked `retired`", body = ReservationView),
+        (status = 404, description = "reservation_not_found (also for a retired SKU's reservation when the engine runs without a ledger)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -290,7 +299,16 @@ pub async fn get_reservation(
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
     let _permit = state.call_permit()?;
-    let reservation = timed(&state, "read", state.store.reservation(&id)).await?;
+    let reservation = match timed(&state, "read", state.store.reservation(&id)).await {
+        Err(StoreError::NotFound | StoreError::UnknownSku) => {
+            // Retired: nothing is left in Redis, the ledger answers.
+            if let Some(view) = super::retired::reservation_view(&state, &id).await {
+                return Ok(Json(view));
+            }
+            return Err(StoreError::NotFound.into());
+        }
+        other => other?,
+    };
     Ok(Json(ReservationView::from(&reservation)))
 }
 

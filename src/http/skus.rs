@@ -1,4 +1,4 @@
-//! `/v1/skus`: load, restock and read a SKU.
+//! `/v1/skus`: load, restock, read and retire a SKU.
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use super::{parse_time, rfc3339, ApiError, AppState, Problem};
 use crate::ids::{OpId, Sku};
 use crate::ledger::LedgerRepo;
 use crate::store::{
-    Loaded, QuantityBound, SkuConfig, SkuSpec, StoreError, Totals, MAX_HOLD, MAX_STOCK,
+    Loaded, QuantityBound, Retirement, SkuConfig, SkuSpec, StoreError, Totals, MAX_HOLD, MAX_STOCK,
 };
 
 /// What a SKU is loaded with. Whole numbers may be written `2` or `2.0`.
@@ -69,8 +69,26 @@ pub enum SkuStatus {
     Live,
     /// No unit available now (held units may still come back).
     SoldOut,
-    /// After the window.
+    /// After the window (or its retirement began, which closes the window at once).
     Ended,
+    /// Ended, no hold open, no move in transit, and every event of its streams settled in
+    /// the ledger: nothing of it changes any more, and it may be retired.
+    Settled,
+    /// Its retirement began: it takes nothing new, and its keys leave Redis once the
+    /// ledger has settled its streams.
+    Retiring,
+    /// Retired: nothing of it is left in Redis; the answer comes from the ledger.
+    Retired,
+}
+
+/// Where a retirement stands.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RetirementView {
+    /// The SKU.
+    pub sku: String,
+    /// `retiring` (begun; the keys go once the ledger has settled the SKU's streams) or
+    /// `retired` (nothing of it is left in Redis).
+    pub status: SkuStatus,
 }
 
 /// A SKU and its units.
@@ -159,9 +177,25 @@ fn hold(seconds: Option<f64>) -> Result<Duration, ApiError> {
 }
 
 async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> {
-    let config = state.store.config(sku).await?;
+    let config = match state.store.config(sku).await {
+        Err(StoreError::UnknownSku) => {
+            return super::retired::sku_view(state, sku)
+                .await
+                .ok_or(StoreError::UnknownSku.into());
+        }
+        other => other?,
+    };
     let totals = state.store.totals(sku).await?;
     let mut view = view(&config, &totals, state.store.redis_now_ms());
+    if state.store.retiring_since(sku).await?.is_some() {
+        view.status = SkuStatus::Retiring;
+    } else if view.status == SkuStatus::Ended
+        && totals.held == 0
+        && totals.in_transit == 0
+        && state.store.streams_settled(sku, config.ever_shards).await?
+    {
+        view.status = SkuStatus::Settled;
+    }
     if let Some(ledger) = state.ledger.get() {
         // The ledger being down must not take the SKU view down with it.
         match ledger.figures(sku.as_str()).await {
@@ -201,6 +235,7 @@ async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> 
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "sku_live: the SKU has holds, sales or barriers", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "sku_retired: the SKU is retiring or retired; its id is not loaded again", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid SKU id or specification", body = Problem, content_type = "application/problem+json"),
@@ -214,6 +249,10 @@ pub async fn put_sku(
     ApiJson(body): ApiJson<SkuBody>,
 ) -> Result<(StatusCode, Json<SkuView>), ApiError> {
     let sku = Sku::new(sku)?;
+    // A retired SKU's id is not reused: the ledger keeps its record under it.
+    if super::retired::is_retired(&state, &sku).await {
+        return Err(StoreError::Retired.into());
+    }
     // Out-of-range values saturate here and are refused, with their range named, by the
     // spec's own validation.
     let spec = SkuSpec {
@@ -255,7 +294,7 @@ pub async fn put_sku(
     tag = "skus",
     params(("sku" = String, Path, description = "SKU id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
     responses(
-        (status = 200, description = "The SKU", body = SkuView),
+        (status = 200, description = "The SKU; a retired one from the ledger, with status `retired`", body = SkuView),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid SKU id", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
@@ -283,6 +322,7 @@ pub async fn get_sku(
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "sku_retired: the SKU is retiring; it takes no restock", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid quantity or ids", body = Problem, content_type = "application/problem+json"),
@@ -305,4 +345,59 @@ pub async fn restock(
     state.store.restock(&sku, quantity, op.as_ref()).await?;
     state.admission.clear_sold_out(&sku);
     Ok(Json(current_view(&state, &sku).await?))
+}
+
+/// Retires a SKU: it takes nothing new from now on (its window closes at once), and every
+/// key and field of it leaves Redis once the ledger has settled its streams; the ledger
+/// keeps its whole record, and reads of the SKU and its reservations answer from it.
+/// Idempotent: repeating it reports where the retirement stands. Idempotency records and
+/// cancel barriers live as long as the SKU is live or ended: from the retirement on, a
+/// repeated reserve is refused (`410 sku_retired`) rather than replayed.
+#[utoipa::path(
+    delete,
+    path = "/v1/skus/{sku}",
+    tag = "skus",
+    params(("sku" = String, Path, description = "SKU id", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 202, description = "Retiring: the keys go once the ledger has settled the SKU's streams (the maintenance pass finishes it)", body = RetirementView),
+        (status = 200, description = "Retired: nothing of the SKU is left in Redis", body = RetirementView),
+        (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "No admin token configured", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "sku_holds_open: units are held; confirm or cancel those reservations (or wait for them to expire), then retry", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid SKU id", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn retire_sku(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(sku): ApiPath<String>,
+) -> Result<(StatusCode, Json<RetirementView>), ApiError> {
+    let sku = Sku::new(sku)?;
+    let retired = |status, state: SkuStatus| {
+        (
+            status,
+            Json(RetirementView {
+                sku: sku.to_string(),
+                status: state,
+            }),
+        )
+    };
+    match state.store.retire(&sku).await {
+        Ok(Retirement::Retiring) => {
+            // This engine refuses from memory at once; the others at their next reload.
+            state.admission.forget(&sku);
+            Ok(retired(StatusCode::ACCEPTED, SkuStatus::Retiring))
+        }
+        Ok(Retirement::Retired) => {
+            state.admission.forget(&sku);
+            Ok(retired(StatusCode::OK, SkuStatus::Retired))
+        }
+        Err(StoreError::UnknownSku) if super::retired::is_retired(&state, &sku).await => {
+            Ok(retired(StatusCode::OK, SkuStatus::Retired))
+        }
+        Err(error) => Err(error.into()),
+    }
 }

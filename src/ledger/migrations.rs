@@ -40,6 +40,11 @@ const SQLITE: Embedded = Embedded(&[
         "callers",
         include_str!("../../migrations/sqlite/0005_callers.sql"),
     ),
+    (
+        6,
+        "retirement",
+        include_str!("../../migrations/sqlite/0006_retirement.sql"),
+    ),
 ]);
 
 const POSTGRES: Embedded = Embedded(&[
@@ -67,6 +72,11 @@ const POSTGRES: Embedded = Embedded(&[
         5,
         "callers",
         include_str!("../../migrations/postgres/0005_callers.sql"),
+    ),
+    (
+        6,
+        "retirement",
+        include_str!("../../migrations/postgres/0006_retirement.sql"),
     ),
 ]);
 

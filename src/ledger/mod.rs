@@ -14,7 +14,7 @@
 mod migrations;
 mod repo;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -396,6 +396,13 @@ pub trait LedgerRepo {
     async fn settled_positions(&self, sku: &str) -> Result<HashMap<u16, (u64, u64)>, LedgerError>;
     /// The newest settled Redis time per stream, `(sku, shard) -> ms`.
     async fn progress(&self) -> Result<HashMap<(String, u16), u64>, LedgerError>;
+    /// When `sku` was retired (its last shard's `retired` event), if every shard it ever
+    /// wrote to is retired.
+    async fn retired(&self, sku: &str) -> Result<Option<u64>, LedgerError>;
+    /// Every retired SKU (see [`LedgerRepo::retired`]).
+    async fn retired_skus(&self) -> Result<HashSet<String>, LedgerError>;
+    /// One reservation, by id.
+    async fn reservation(&self, rid: &str) -> Result<Option<LedgerReservation>, LedgerError>;
 }
 
 /// The ledger, on whichever database the URL names.
@@ -502,6 +509,15 @@ impl LedgerRepo for Ledger {
     }
     async fn progress(&self) -> Result<HashMap<(String, u16), u64>, LedgerError> {
         dispatch!(self, l => l.progress().await)
+    }
+    async fn retired(&self, sku: &str) -> Result<Option<u64>, LedgerError> {
+        dispatch!(self, l => l.retired(sku).await)
+    }
+    async fn retired_skus(&self) -> Result<HashSet<String>, LedgerError> {
+        dispatch!(self, l => l.retired_skus().await)
+    }
+    async fn reservation(&self, rid: &str) -> Result<Option<LedgerReservation>, LedgerError> {
+        dispatch!(self, l => l.reservation(rid).await)
     }
 }
 

@@ -2,7 +2,7 @@
 //! their SQL is the same text (numbered placeholders, `ON CONFLICT` upserts and row-value
 //! comparisons mean the same in both), their types and migrations are their own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 
@@ -103,6 +103,14 @@ fn ledger_row(event: &Event) -> LedgerRow<'_> {
         Event::MovedIn { move_id, from, qty } => LedgerRow {
             detail: Some(format!("from={from}")),
             ..plain("moved_in", Some(move_id.as_str()), None, *qty)
+        },
+        Event::Closed { ends_at_ms } => LedgerRow {
+            detail: Some(format!("ends_at_ms={ends_at_ms}")),
+            ..plain("closed", None, None, 0)
+        },
+        Event::Retired { at_ms } => LedgerRow {
+            detail: Some(format!("at_ms={at_ms}")),
+            ..plain("retired", None, None, 0)
         },
     }
 }
@@ -289,6 +297,26 @@ const SELECT_CART_LINES: &str = "SELECT idempotency_key, rid, sku, quantity, sta
 const SELECT_SKUS: &str = "SELECT sku, shards, per_user_limit, hold_ms, starts_at_ms, \
     ends_at_ms FROM skus ORDER BY sku";
 
+// A retirement closes the window early; a later load's own end is its own (the load upsert
+// replaces the rules whole).
+const CLOSE_WINDOW: &str = "UPDATE skus SET ends_at_ms = $2 \
+    WHERE sku = $1 AND (ends_at_ms = 0 OR ends_at_ms > $2)";
+
+const INSERT_RETIRED: &str = "INSERT INTO retired_shards (sku, shard, at_ms) ";
+const INSERT_RETIRED_END: &str = " ON CONFLICT DO NOTHING";
+
+// Retired: some shard retired, and no shard the SKU ever settled an event of is not.
+const SELECT_RETIRED: &str = "SELECT MAX(r.at_ms) FROM retired_shards r WHERE r.sku = $1 \
+    AND NOT EXISTS (SELECT 1 FROM stream_progress p WHERE p.sku = $1 AND NOT EXISTS \
+    (SELECT 1 FROM retired_shards q WHERE q.sku = p.sku AND q.shard = p.shard))";
+
+const SELECT_RETIRED_SKUS: &str = "SELECT DISTINCT r.sku FROM retired_shards r \
+    WHERE NOT EXISTS (SELECT 1 FROM stream_progress p WHERE p.sku = r.sku AND NOT EXISTS \
+    (SELECT 1 FROM retired_shards q WHERE q.sku = p.sku AND q.shard = p.shard))";
+
+const SELECT_RESERVATION: &str = "SELECT rid, shard, user_id, quantity, state, \
+    idempotency_key, deadline_ms, caller FROM reservations WHERE rid = $1";
+
 const COUNT_EVENTS: &str = "SELECT COUNT(*) FROM inventory_ledger";
 
 const SELECT_PROGRESS: &str = "SELECT sku, shard, last_id_ms FROM stream_progress";
@@ -304,6 +332,31 @@ const ADVANCE_EPOCH: &str = "UPDATE ledger_epoch SET epoch = epoch + 1 WHERE id 
 
 const SELECT_POSITIONS: &str =
     "SELECT shard, last_id_ms, last_id_seq FROM stream_progress WHERE sku = $1";
+
+/// A `SELECT_RESERVATION(S)` row (either database's).
+fn reservation_row<R: Row>(r: &R) -> Result<LedgerReservation, LedgerError>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    usize: sqlx::ColumnIndex<R>,
+    for<'q> i64: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> String: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<i64>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+    for<'q> Option<String>: sqlx::Decode<'q, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(LedgerReservation {
+        rid: r.try_get(0)?,
+        shard: narrow(r.try_get::<i64, _>(1)?, "shard")?,
+        user: r.try_get(2)?,
+        quantity: narrow(r.try_get::<i64, _>(3)?, "quantity")?,
+        state: r.try_get(4)?,
+        key: r.try_get(5)?,
+        deadline_ms: r
+            .try_get::<Option<i64>, _>(6)?
+            .map(|d| narrow(d, "deadline"))
+            .transpose()?,
+        caller: r.try_get(7)?,
+    })
+}
 
 fn narrow<T: TryFrom<i64>>(value: i64, what: &str) -> Result<T, LedgerError> {
     T::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{what} {value}")))
@@ -495,6 +548,28 @@ macro_rules! ledger_impl {
                     upsert.build().execute(&mut *tx).await?;
                 }
 
+                for p in &fresh {
+                    if let Event::Closed { ends_at_ms } = p.event {
+                        sqlx::query(CLOSE_WINDOW)
+                            .bind(p.sku)
+                            .bind(i64::try_from(*ends_at_ms).unwrap_or(i64::MAX))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                let retired: Vec<&&Placed> = fresh
+                    .iter()
+                    .filter(|p| matches!(p.event, Event::Retired { .. }))
+                    .collect();
+                if !retired.is_empty() {
+                    let mut insert = QueryBuilder::<$db>::new(INSERT_RETIRED);
+                    insert.push_values(retired, |mut b, p| {
+                        b.push_bind(p.sku).push_bind(p.shard).push_bind(p.at);
+                    });
+                    insert.push(INSERT_RETIRED_END);
+                    insert.build().execute(&mut *tx).await?;
+                }
+
                 let mut progress: HashMap<(&str, i64), (i64, i64, i64)> = HashMap::new();
                 for p in &placed {
                     let latest = progress.entry((p.sku, p.shard)).or_insert((p.id_ms, p.id_seq, p.at));
@@ -592,23 +667,22 @@ macro_rules! ledger_impl {
 
             async fn reservations(&self, sku: &str) -> Result<Vec<LedgerReservation>, LedgerError> {
                 let rows = sqlx::query(SELECT_RESERVATIONS).bind(sku).fetch_all(&self.pool).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(LedgerReservation {
-                            rid: r.try_get(0)?,
-                            shard: narrow(r.try_get::<i64, _>(1)?, "shard")?,
-                            user: r.try_get(2)?,
-                            quantity: narrow(r.try_get::<i64, _>(3)?, "quantity")?,
-                            state: r.try_get(4)?,
-                            key: r.try_get(5)?,
-                            deadline_ms: r
-                                .get::<Option<i64>, _>(6)
-                                .map(|d| narrow(d, "deadline"))
-                                .transpose()?,
-                            caller: r.try_get(7)?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(|r| reservation_row(r)).collect()
+            }
+
+            async fn reservation(&self, rid: &str) -> Result<Option<LedgerReservation>, LedgerError> {
+                let row = sqlx::query(SELECT_RESERVATION).bind(rid).fetch_optional(&self.pool).await?;
+                row.as_ref().map(|r| reservation_row(r)).transpose()
+            }
+
+            async fn retired(&self, sku: &str) -> Result<Option<u64>, LedgerError> {
+                let at: Option<i64> = sqlx::query_scalar(SELECT_RETIRED).bind(sku).fetch_one(&self.pool).await?;
+                at.map(|at| narrow(at, "retired at")).transpose()
+            }
+
+            async fn retired_skus(&self) -> Result<HashSet<String>, LedgerError> {
+                let rows: Vec<String> = sqlx::query_scalar(SELECT_RETIRED_SKUS).fetch_all(&self.pool).await?;
+                Ok(rows.into_iter().collect())
             }
 
             async fn barriers(&self, sku: &str) -> Result<Vec<(String, String)>, LedgerError> {

@@ -286,6 +286,9 @@ pub async fn run(
         .collect();
     let mut names: BTreeSet<String> = ledger_skus.keys().cloned().collect();
     names.extend(store.skus().await?.iter().map(|s| s.to_string()));
+    // A retired SKU is the ledger's alone: never compared, never rebuilt (a repair deletes
+    // what it left in Redis, see `repair_sku`).
+    let retired = ledger.retired_skus().await?;
 
     let mut report = AuditReport::default();
     if repair {
@@ -332,6 +335,9 @@ pub async fn run(
         let Ok(sku) = Sku::new(name.as_str()) else {
             continue;
         };
+        if retired.contains(&name) {
+            continue;
+        }
         report.skus += 1;
         let redis = redis_side(store, &sku, 0).await?;
         let audit = compare(store, ledger, &sku, ledger_skus.get(&name), &redis).await?;
@@ -486,10 +492,15 @@ pub(super) async fn compare(
 /// ledger settled, can only mean Redis lost data.
 pub async fn quick_check(store: &Store, ledger: &Ledger) -> Result<Vec<Drift>, RecoveryError> {
     let mut drifts = Vec::new();
+    let retired = ledger.retired_skus().await?;
     for sku_rules in ledger.skus().await? {
         let Ok(sku) = Sku::new(sku_rules.sku.as_str()) else {
             continue;
         };
+        // Retired: gone from Redis by design.
+        if retired.contains(&sku_rules.sku) {
+            continue;
+        }
         let drift =
             |kind, subject: &str, detail: String| Drift::new(&sku_rules.sku, kind, subject, detail);
         if store.reload_config(&sku).await?.is_none() {

@@ -67,6 +67,16 @@ pub async fn repair_sku(
     sku: &Sku,
     repair: bool,
 ) -> Result<RepairOutcome, RecoveryError> {
+    // A retired SKU is never rebuilt: what it left in Redis goes.
+    if ledger.retired(sku.as_str()).await?.is_some() {
+        if repair {
+            let shards = image::shards_in_ledger(ledger, sku).await?;
+            if store.purge_retired(sku, shards).await? {
+                tracing::warn!(%sku, "deleted what a retired sku left in redis");
+            }
+        }
+        return Ok(RepairOutcome::of(SkuRepair::Clean));
+    }
     let Some(owner) = store.take_lease(sku, LEASE).await? else {
         return Ok(RepairOutcome::of(SkuRepair::Busy));
     };

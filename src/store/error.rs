@@ -71,6 +71,15 @@ pub enum StoreError {
     /// The SKU has holds, sales or barriers: it can be restocked, not replaced.
     #[error("sku is live: it has holds, sales or barriers")]
     SkuLive,
+    /// A retirement was asked of a SKU that holds units: they must be settled first.
+    #[error("the sku has {held} units held: confirm or cancel those reservations, or wait for them to expire, then retire it")]
+    HoldsOpen {
+        /// Units held.
+        held: u64,
+    },
+    /// The SKU is retiring or retired: it takes no reserve, load or restock again.
+    #[error("the sku is retired (or retiring): it takes no new reservation, load or restock; its record is in the ledger")]
+    Retired,
     /// A SKU specification that cannot be loaded.
     #[error("invalid sku specification: {0}")]
     InvalidSpec(String),
@@ -182,6 +191,8 @@ impl StoreError {
             Self::TooManyKeys => "too_many_keys",
             Self::NotOwner => "not_your_reservation",
             Self::SkuLive => "sku_live",
+            Self::HoldsOpen { .. } => "sku_holds_open",
+            Self::Retired => "sku_retired",
             Self::InvalidSpec(_) => "invalid_sku_spec",
             Self::Recovering => "recovering",
             Self::NotReplicated { .. } => "not_replicated",

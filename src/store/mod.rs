@@ -6,7 +6,8 @@
 //! (`moves.rs`). One file per concern: SKUs and totals (`skus.rs`), reservations
 //! (`reservations.rs`), the expiry sweep (`sweep.rs`), stock moves (`moves.rs`), the
 //! repair protocol's primitives (`repair.rs`), the identity check's reads (`identity.rs`),
-//! the reserve batcher (`batcher.rs`), the shard hash's record formats (`records.rs`).
+//! the reserve batcher (`batcher.rs`), the shard hash's record formats (`records.rs`), a
+//! SKU's retirement (`retire.rs`).
 //!
 //! The hot path uses one multiplexed connection (see [`crate::topology`]): on a single
 //! Redis a connection manager that pipelines concurrent calls and reconnects by itself (on
@@ -23,6 +24,7 @@ mod moves;
 mod records;
 mod repair;
 mod reservations;
+mod retire;
 mod skus;
 mod sweep;
 mod types;
@@ -44,6 +46,7 @@ pub use connection::StoreConnection;
 pub use error::{ExpiredBecause, QuantityBound, StoreError};
 pub use records::{hold_field, HoldRecord, KeyEntry, UserRecord, MAX_KEYS_PER_USER};
 pub use repair::{RestoreOutcome, ShardImage, ShardRules, ShardSnapshot};
+pub use retire::Retirement;
 pub use types::{
     Cart, CartLine, CartLineRequest, CartOpened, CartRequest, CartState, HoldState, LineRefusal,
     Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport, Totals,

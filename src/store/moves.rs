@@ -266,7 +266,7 @@ impl Store {
 
     /// Completes every move of `sku` left pending, by a crash or a lost connection.
     /// Returns the number of moves completed.
-    async fn complete_moves(&self, sku: &Sku, shards: u16) -> Result<u64, StoreError> {
+    pub(super) async fn complete_moves(&self, sku: &Sku, shards: u16) -> Result<u64, StoreError> {
         let mut completed = 0;
         for from in 0..shards {
             let pending: Vec<(String, String)> = redis::cmd("HGETALL")

@@ -30,6 +30,8 @@ impl Store {
     /// barrier. A live SKU is refused with [`StoreError::SkuLive`] before anything changes.
     pub async fn load(&self, sku: &Sku, spec: &SkuSpec) -> Result<Loaded, StoreError> {
         spec.validate()?;
+        // A retiring SKU is never loaded again (its record goes to the ledger whole).
+        self.refuse_retiring(sku).await?;
         let shards = spec.shards.unwrap_or_else(|| default_shards(spec.stock));
         let old = self.read_config(sku).await?;
         let touched = shards.max(old.as_ref().map_or(0, |c| c.ever_shards));
@@ -218,6 +220,7 @@ impl Store {
             return Err(StoreError::InvalidQuantity(QuantityBound::Restock));
         }
         let op = op.map_or_else(random_token, |op| op.as_str().to_owned());
+        self.refuse_retiring(sku).await?;
         let mut conn = self.connection();
         'route: for _ in 0..MAX_RESERVE_ROUNDS {
             let config = self.config(sku).await?;

@@ -4,6 +4,7 @@
 mod crash;
 mod postgres;
 mod reconcile;
+mod retire;
 mod sale;
 #[path = "../http/support.rs"]
 mod support;

@@ -330,3 +330,73 @@ async fn after_a_short_read_the_next_one_gathers_what_arrived_meanwhile() {
     let _ = stop.send(true);
     running.await.unwrap();
 }
+
+/// The consumer names of the ledger's group on `stream`.
+async fn consumers(store: &Store, stream: &str) -> Vec<String> {
+    let reply: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(flashsale::reconcile::GROUP)
+        .query_async(&mut store.connection())
+        .await
+        .unwrap();
+    reply.consumers.into_iter().map(|c| c.name).collect()
+}
+
+/// Every process start names a consumer in each group; one that ended, with nothing
+/// pending, is removed from the groups by the next reconciler's housekeeping.
+#[tokio::test]
+async fn a_dead_consumer_leaves_the_groups() {
+    let redis = LocalRedis::start().unwrap();
+    let mut options = StoreOptions::new(redis.url());
+    options.prefix = format!("t{}:", random_token());
+    let store = Store::connect(&options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, ledger) = sqlite_ledger(&dir).await;
+    let tv = "tv".parse().unwrap();
+    store
+        .load(
+            &tv,
+            &SkuSpec {
+                shards: Some(2),
+                ..SkuSpec::new(10)
+            },
+        )
+        .await
+        .unwrap();
+    store.reserve(&request("tv", "u1", "k")).await.unwrap();
+
+    let quick = |name: &str| {
+        let mut options = ReconcileOptions::new();
+        options.consumer = name.to_owned();
+        options.claim_idle = Duration::from_millis(20);
+        Reconciler::new(store.clone(), ledger.clone(), options, None)
+    };
+    let earlier = quick("earlier-run");
+    assert!(earlier.drain(Duration::from_secs(30)).await.unwrap());
+    drop(earlier);
+    let streams: Vec<String> = (0..2).map(|n| store.keys().shard(&tv, n).events).collect();
+    for stream in &streams {
+        assert!(consumers(&store, stream)
+            .await
+            .contains(&"earlier-run".to_owned()));
+    }
+
+    // Idle for longer than three claim periods.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = quick("this-run");
+    now.discover().await.unwrap();
+    now.claim_abandoned().await.unwrap();
+    assert_eq!(now.remove_dead_consumers().await.unwrap(), 2);
+    for stream in &streams {
+        assert!(
+            !consumers(&store, stream)
+                .await
+                .contains(&"earlier-run".to_owned()),
+            "{stream}"
+        );
+    }
+    // Nothing was lost on the way.
+    assert!(now.drain(Duration::from_secs(30)).await.unwrap());
+    assert_eq!(ledger.figures("tv").await.unwrap().held, 1);
+}
