@@ -586,20 +586,12 @@ impl Reconciler {
         let mut pending = 0u64;
         let mut undelivered = 0u64;
         for key in streams {
-            let groups: StreamInfoGroupsReply = match redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(key)
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(groups) => groups,
-                Err(e)
-                    if e.kind()
-                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
+            let mut command = redis::cmd("XINFO");
+            command.arg("GROUPS").arg(key);
+            let Some(groups): Option<StreamInfoGroupsReply> =
+                unless_gone(command.query_async(&mut conn).await)?
+            else {
+                continue;
             };
             let Some(group) = groups.groups.iter().find(|g| g.name == GROUP) else {
                 continue;
@@ -750,21 +742,12 @@ impl Reconciler {
         let idle = (self.options.claim_idle * 3).as_millis() as usize;
         let mut removed = 0;
         for key in &streams {
-            let consumers: StreamInfoConsumersReply = match redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(key)
-                .arg(GROUP)
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(consumers) => consumers,
-                Err(e)
-                    if e.kind()
-                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e.into()),
+            let mut command = redis::cmd("XINFO");
+            command.arg("CONSUMERS").arg(key).arg(GROUP);
+            let Some(consumers): Option<StreamInfoConsumersReply> =
+                unless_gone(command.query_async(&mut conn).await)?
+            else {
+                continue;
             };
             for consumer in consumers.consumers {
                 if consumer.name == self.options.consumer
@@ -851,5 +834,17 @@ impl Reconciler {
             }
         }
         measurer.abort();
+    }
+}
+
+/// A reply about one stream, or `None` when Redis answers that the stream (or its group) is
+/// not there: a retired SKU's, purged between discovery and the call.
+fn unless_gone<T>(reply: redis::RedisResult<T>) -> Result<Option<T>, ReconcileError> {
+    match reply {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }

@@ -34,15 +34,7 @@ pub(super) async fn sku_view(state: &AppState, sku: &Sku) -> Option<SkuView> {
             starts_at: rules.as_ref().and_then(|r| nonzero(r.starts_at_ms)),
             ends_at: rules.as_ref().and_then(|r| nonzero(r.ends_at_ms)),
             status: SkuStatus::Retired,
-            settled: Some(SettledView {
-                stock: f.stock,
-                available: f.available(),
-                held: f.held,
-                sold: f.sold,
-                cancelled: f.cancelled,
-                expired: f.expired,
-                reservations: f.reservations,
-            }),
+            settled: Some(SettledView::from(&f)),
         }))
     };
     match found.await {

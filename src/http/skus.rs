@@ -139,6 +139,20 @@ pub struct SettledView {
     pub reservations: u64,
 }
 
+impl From<&crate::ledger::LedgerFigures> for SettledView {
+    fn from(f: &crate::ledger::LedgerFigures) -> Self {
+        Self {
+            stock: f.stock,
+            available: f.available(),
+            held: f.held,
+            sold: f.sold,
+            cancelled: f.cancelled,
+            expired: f.expired,
+            reservations: f.reservations,
+        }
+    }
+}
+
 fn view(config: &SkuConfig, totals: &Totals, now_ms: u64) -> SkuView {
     let status = if config.starts_at_ms.is_some_and(|s| now_ms < s) {
         SkuStatus::Scheduled
@@ -199,17 +213,7 @@ async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> 
     if let Some(ledger) = state.ledger.get() {
         // The ledger being down must not take the SKU view down with it.
         match ledger.figures(sku.as_str()).await {
-            Ok(f) => {
-                view.settled = Some(SettledView {
-                    stock: f.stock,
-                    available: f.available(),
-                    held: f.held,
-                    sold: f.sold,
-                    cancelled: f.cancelled,
-                    expired: f.expired,
-                    reservations: f.reservations,
-                })
-            }
+            Ok(f) => view.settled = Some(SettledView::from(&f)),
             Err(error) => tracing::warn!(%error, "ledger figures unavailable"),
         }
     }
