@@ -103,6 +103,7 @@ mod one_thread {
                 global: Some(generous()),
                 per_sku: Some(generous()),
                 max_in_flight: 1024,
+                max_unsettled: None,
             },
             &ids,
         );
@@ -119,6 +120,7 @@ mod one_thread {
                 global: None,
                 per_sku: Some(generous()),
                 max_in_flight: 1024,
+                max_unsettled: None,
             },
             &ids,
         );
@@ -173,6 +175,7 @@ mod contended {
                     global: Some(generous()),
                     per_sku: Some(generous()),
                     max_in_flight: 1024,
+                    max_unsettled: None,
                 },
                 &ids,
             );
@@ -237,6 +240,7 @@ mod sold_out {
                 global: Some(generous()),
                 per_sku: Some(generous()),
                 max_in_flight: 1024,
+                max_unsettled: None,
             },
             &ids,
         );
@@ -273,6 +277,7 @@ mod reshared {
             global: Some(generous()),
             per_sku: Some(generous()),
             max_in_flight: 1024,
+            max_unsettled: None,
         };
         let admission = admission_knowing(&config, &ids);
         let plans = [0.5, 1.0].map(|fraction| LimitPlan {

@@ -151,6 +151,10 @@ struct Limits {
     global: Option<Arc<Held<Direct>>>,
     per_sku: Option<Arc<Held<Keyed>>>,
     own: HashMap<Sku, Arc<Held<Direct>>>,
+    /// One per-SKU bucket shared by every SKU without a gate (a name made up, or a SKU
+    /// loaded by another engine since the last reload): the keyed limiter keeps an entry
+    /// per key it is asked about, so it is asked only about SKUs that are loaded.
+    strangers: Option<Arc<Held<Direct>>>,
 }
 
 /// The part of its bucket a limiter has left, from a check's outcome: the check took one
@@ -194,6 +198,9 @@ pub struct AdmissionConfig {
     pub per_sku: Option<Bucket>,
     /// Redis calls in flight from requests at once.
     pub max_in_flight: usize,
+    /// Stream entries not yet settled into the ledger past which reserves are refused
+    /// (`None`: no limit, as without a ledger, where nothing settles).
+    pub max_unsettled: Option<u64>,
 }
 
 /// Why a request was refused from memory.
@@ -218,6 +225,9 @@ pub enum Refusal {
     /// an entry lives): the others may be sharing its part of the rates, so it admits no
     /// reserve until a heartbeat succeeds.
     Unregistered,
+    /// More stream entries are unsettled than `--max-unsettled` allows: the ledger is
+    /// behind, and no new hold is made until it catches up (confirms and cancels go on).
+    SettlementBehind,
 }
 
 impl Refusal {
@@ -230,6 +240,7 @@ impl Refusal {
             Self::Overloaded => "in_flight",
             Self::Suspended => "suspended",
             Self::Unregistered => "unregistered",
+            Self::SettlementBehind => "settlement_behind",
         }
     }
 }
@@ -306,6 +317,19 @@ pub struct Admission {
     /// [`Admission::hold_until`]); `u64::MAX` for ever (no registry).
     lease: AtomicU64,
     epoch: QuantaInstant,
+    /// Stream entries not settled into the ledger, as last measured (see
+    /// [`Admission::set_unsettled`]).
+    unsettled: AtomicU64,
+    max_unsettled: u64,
+}
+
+/// How many entries of each kind admission keeps for SKUs (see [`Admission::tracked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackedByAdmission {
+    /// Gates: one per loaded SKU.
+    pub gates: usize,
+    /// Entries of the keyed per-SKU limiter.
+    pub rate_limiters: usize,
 }
 
 impl Admission {
@@ -320,6 +344,7 @@ impl Admission {
                 })
             }),
             own: HashMap::new(),
+            strangers: config.per_sku.map(|bucket| Arc::new(direct(bucket, 1.0))),
         };
         let clock = DefaultClock::default();
         Self {
@@ -334,6 +359,8 @@ impl Admission {
             lease: AtomicU64::new(u64::MAX),
             epoch: clock.now(),
             clock,
+            unsettled: AtomicU64::new(0),
+            max_unsettled: config.max_unsettled.unwrap_or(u64::MAX),
         }
     }
 
@@ -350,7 +377,8 @@ impl Admission {
         if self.is_suspended() {
             return Err(Refusal::Suspended);
         }
-        if let Some(gate) = self.gate(sku) {
+        let gate = self.gate(sku);
+        if let Some(gate) = &gate {
             if gate.starts_at_ms.is_some_and(|start| now_ms < start) {
                 return Err(Refusal::NotStarted);
             }
@@ -364,29 +392,105 @@ impl Admission {
             if let Some(refusal) = closed.and_then(|r| gate.closed_refusal(user, key, r)) {
                 return Err(refusal);
             }
-            gate.demand.add();
         }
-        self.demand.add();
+        // Refused before a token is spent: the hold would only add to what waits.
+        if self.unsettled.load(Ordering::Relaxed) >= self.max_unsettled {
+            return Err(Refusal::SettlementBehind);
+        }
         // Only what takes a token needs the share: the refusals above do not.
         let lease = self.lease.load(Ordering::Acquire);
         if lease != u64::MAX && u64::from(self.clock.now().duration_since(self.epoch)) > lease {
             return Err(Refusal::Unregistered);
         }
+        self.take_token(Some(sku), gate.as_deref())?;
+        self.admit_call()
+    }
+
+    /// Decides on a confirm or a cancel of a hold of `sku`: it spends a token of the same
+    /// buckets as a reserve (so that a caller cannot make Redis work faster by confirming
+    /// or cancelling than by reserving), but neither the window, the sold-out flag, the
+    /// settlement backlog nor the lease stops it: it ends a hold, it makes none.
+    /// A cart's (`sku` `None`: its SKUs are not known before it is read) spends a token of
+    /// the global bucket only.
+    pub fn admit_settle(&self, sku: Option<&Sku>) -> Result<OwnedSemaphorePermit, Refusal> {
+        if self.is_suspended() {
+            return Err(Refusal::Suspended);
+        }
+        match sku {
+            Some(sku) => self.take_token(Some(sku), self.gate(sku).as_deref())?,
+            None => self.take_token(None, None)?,
+        }
+        self.admit_call()
+    }
+
+    /// Takes one token of `sku`'s bucket (none without a SKU) and of the global one,
+    /// counting the demand.
+    fn take_token(&self, sku: Option<&Sku>, gate: Option<&Gate>) -> Result<(), Refusal> {
+        if let Some(gate) = gate {
+            gate.demand.add();
+        }
+        self.demand.add();
         let limited = |wait: NotUntil<_>| Refusal::RateLimited {
             retry_after: wait.wait_time_from(self.clock.now()),
         };
         // One atomic load: the buckets in force, swapped whole by `apply`.
         let limits = self.limits.load();
-        if let Some(per_sku) = &limits.per_sku {
-            match limits.own.get(sku) {
-                Some(own) => own.limiter.check().map(drop).map_err(limited)?,
-                None => per_sku.limiter.check_key(sku).map(drop).map_err(limited)?,
+        if let (Some(per_sku), Some(sku)) = (&limits.per_sku, sku) {
+            match (limits.own.get(sku), gate, &limits.strangers) {
+                (Some(own), _, _) => own.limiter.check().map(drop).map_err(limited)?,
+                (None, Some(_), _) => per_sku.limiter.check_key(sku).map(drop).map_err(limited)?,
+                (None, None, Some(strangers)) => {
+                    strangers.limiter.check().map(drop).map_err(limited)?
+                }
+                (None, None, None) => {}
             }
         }
         if let Some(global) = &limits.global {
             global.limiter.check().map(drop).map_err(limited)?;
         }
-        self.admit_call()
+        Ok(())
+    }
+
+    /// Records how many stream entries wait to be settled into the ledger.
+    pub fn set_unsettled(&self, entries: u64) {
+        self.unsettled.store(entries, Ordering::Relaxed);
+    }
+
+    /// Stream entries waiting to be settled, as last measured.
+    pub fn unsettled(&self) -> u64 {
+        self.unsettled.load(Ordering::Relaxed)
+    }
+
+    /// The limit on unsettled entries, if any.
+    pub fn max_unsettled(&self) -> Option<u64> {
+        (self.max_unsettled != u64::MAX).then_some(self.max_unsettled)
+    }
+
+    /// Whether reserves are refused because settlement is behind.
+    pub fn settlement_behind(&self) -> bool {
+        self.unsettled() >= self.max_unsettled
+    }
+
+    /// Drops the keyed limiter's entries that hold nothing a fresh one would not (SKUs
+    /// forgotten, or idle long enough to have refilled), and the memory they took.
+    pub fn retain_recent(&self) {
+        if let Some(per_sku) = &self.limits.load().per_sku {
+            per_sku.limiter.retain_recent();
+            per_sku.limiter.shrink_to_fit();
+        }
+    }
+
+    /// How much admission keeps per SKU now.
+    pub fn tracked(&self) -> TrackedByAdmission {
+        TrackedByAdmission {
+            gates: self.gates.read().len(),
+            rate_limiters: self
+                .limits
+                .load()
+                .per_sku
+                .as_ref()
+                .map_or(0, |per_sku| per_sku.limiter.len()),
+        }
     }
 
     /// A permit for one request's Redis calls, if fewer than the bound are in flight.
@@ -468,10 +572,16 @@ impl Admission {
                 })
                 .collect(),
         };
+        let strangers = plan.per_sku.map(|bucket| match &old.strangers {
+            Some(held) if held.bucket == bucket => held.clone(),
+            Some(held) => Arc::new(direct(bucket, fill(held.limiter.check(), held.bucket))),
+            None => Arc::new(direct(bucket, 1.0)),
+        });
         self.limits.store(Arc::new(Limits {
             global,
             per_sku,
             own,
+            strangers,
         }));
     }
 
@@ -633,6 +743,7 @@ mod tests {
             }),
             per_sku: None,
             max_in_flight: 2,
+            max_unsettled: None,
         }
     }
 
@@ -757,6 +868,7 @@ mod tests {
             global: Some(bucket(1, 10)),
             per_sku: Some(bucket(1, 10)),
             max_in_flight: 1_000,
+            max_unsettled: None,
         });
         let (sku, _, _) = ids();
         admission.know(&sku_config(None, None));

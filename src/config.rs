@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::admission::{AdmissionConfig, Bucket};
+use crate::callers::{ClientTokenError, ClientTokens, TokenEntries};
 use crate::reconcile::ReconcileOptions;
 use crate::registry::{RateSplit, RegistryOptions};
 use crate::store::{ReplicaWait, StoreOptions};
@@ -127,6 +128,30 @@ pub struct ServeConfig {
     #[arg(long, env = "FLASHSALE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// A caller allowed on the reservation and cart routes, as NAME=TOKEN (repeat the flag,
+    /// or separate entries with commas). With any configured, those routes refuse a
+    /// request without one of the tokens (401), a hold records the caller that made it,
+    /// and only that caller may confirm, cancel or read it (403). NAME: 1-32 of
+    /// [A-Za-z0-9._-]; TOKEN: 16-256 of [A-Za-z0-9-._~+/].
+    #[arg(
+        long = "client-token",
+        env = "FLASHSALE_CLIENT_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub client_tokens: Vec<String>,
+
+    /// A file of client tokens: one NAME=TOKEN per line, blank lines and lines starting
+    /// with '#' skipped (added to those of --client-token).
+    #[arg(long, env = "FLASHSALE_CLIENT_TOKENS_FILE")]
+    pub client_tokens_file: Option<std::path::PathBuf>,
+
+    /// Refuse new reserves and carts (503 `settlement_behind`) while more than this many
+    /// stream entries wait to be settled into the ledger, so that a reconciler that stopped
+    /// cannot let Redis fill up (0: no limit; without a ledger there is none).
+    #[arg(long, env = "FLASHSALE_MAX_UNSETTLED", default_value_t = 1_000_000)]
+    pub max_unsettled: u64,
+
     /// Reserves per second over all SKUs (0: no limit).
     #[arg(long, env = "FLASHSALE_RATE_GLOBAL", default_value_t = 200_000)]
     pub rate_global: u32,
@@ -206,6 +231,9 @@ impl ServeConfig {
             audit_interval_s: 10,
             no_audit_repair: false,
             admin_token: None,
+            client_tokens: Vec::new(),
+            client_tokens_file: None,
+            max_unsettled: 1_000_000,
             rate_global: 200_000,
             burst_global: 20_000,
             rate_sku: 100_000,
@@ -234,7 +262,19 @@ impl ServeConfig {
             global: bucket(self.rate_global, self.burst_global),
             per_sku: bucket(self.rate_sku, self.burst_sku),
             max_in_flight: self.max_in_flight.max(1),
+            max_unsettled: (self.max_unsettled > 0 && self.database_url().is_some())
+                .then_some(self.max_unsettled),
         }
+    }
+
+    /// The callers the reservation routes serve, checked; `None`: anyone.
+    pub fn client_tokens(&self) -> Result<Option<ClientTokens>, ClientTokenError> {
+        let mut entries = TokenEntries::default();
+        entries.add("--client-token", &self.client_tokens);
+        if let Some(path) = &self.client_tokens_file {
+            entries.add_file(path)?;
+        }
+        entries.into_tokens(self.admin_token.as_deref())
     }
 
     /// The engine registry's heartbeat and the rates it splits.

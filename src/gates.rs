@@ -58,6 +58,8 @@ pub async fn reload(store: &Store, admission: &Admission) -> Result<(), StoreErr
             None => admission.forget(&sku),
         }
     }
+    // The limiter entries of SKUs forgotten go once they hold nothing a fresh one would not.
+    admission.retain_recent();
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! - [`http`]: the axum API (one module per resource), its errors and OpenAPI document.
 //! - [`admission`]: in-memory load shedding before any Redis call; [`gates`] keeps its
 //!   sold-out flags and windows in step with Redis.
+//! - [`callers`]: the clients an engine knows by their tokens (`--client-token`).
 //! - [`cli`]: the `flashsale` command line, each subcommand run on the library.
 //! - [`config`]: `flashsale serve`'s flags; [`metrics`]: the Prometheus registry.
 //! - [`ids`]: validated identifiers; nothing unchecked reaches a Redis key.
@@ -31,6 +32,7 @@
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admission;
+pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod events;

@@ -14,16 +14,18 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
-    /// Requests by route, method and outcome (`ok` or the problem code).
+    /// Requests by caller, route, method and outcome (`ok` or the problem code). The
+    /// caller is a configured client's name, or `anonymous` (no client tokens configured,
+    /// a route that takes none, or a request refused for its token): a bounded set.
     pub requests: IntCounterVec,
-    /// Request latency by route, method and outcome.
+    /// Request latency by caller, route, method and outcome.
     pub request_seconds: HistogramVec,
     /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window,
-    /// suspended, unregistered).
+    /// suspended, unregistered, settlement_behind).
     pub refusals: IntCounterVec,
     /// The refusal counters resolved once (a label lookup per refusal costs a hash and a
     /// lock on the path that sheds load).
-    refusal_by_reason: [(&'static str, IntCounter); 6],
+    refusal_by_reason: [(&'static str, IntCounter); 7],
     /// Latency of the store's Redis calls, by operation.
     pub redis_seconds: HistogramVec,
     /// Requests with Redis calls in flight.
@@ -63,7 +65,26 @@ pub struct Metrics {
     pub sweep_calls: IntCounterVec,
     /// SKU sweeps the background pass left to the SKU's owner (another engine).
     pub sweep_deferred: IntCounter,
+    /// Entries the engine keeps in memory for SKUs, by kind (`gates`, `rate_limiters`,
+    /// `configs`, `queues`, `refill_locks`), read at scrape time: bounded by the SKUs
+    /// loaded, whatever names requests make up.
+    pub tracked_skus: IntGaugeVec,
+    /// 1 while reserves are refused because more entries wait to be settled than
+    /// `--max-unsettled` allows.
+    pub settlement_behind: IntGauge,
 }
+
+/// The caller label of a request from no configured client.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The kinds of [`Metrics::tracked_skus`].
+pub const TRACKED_KINDS: [&str; 5] = [
+    "gates",
+    "rate_limiters",
+    "configs",
+    "queues",
+    "refill_locks",
+];
 
 impl Metrics {
     /// A fresh registry with every metric registered.
@@ -74,7 +95,7 @@ impl Metrics {
                 "flashsale_http_requests_total",
                 "HTTP requests by route and outcome",
             ),
-            &["route", "method", "outcome"],
+            &["caller", "route", "method", "outcome"],
         )
         .expect("valid metric");
         let request_seconds = HistogramVec::new(
@@ -83,7 +104,7 @@ impl Metrics {
                 "HTTP request latency by route and outcome",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route", "method", "outcome"],
+            &["caller", "route", "method", "outcome"],
         )
         .expect("valid metric");
         let refusals = IntCounterVec::new(
@@ -202,6 +223,22 @@ impl Metrics {
             "flashsale_sweep_deferred_total",
             "SKU sweeps left to the SKU's owner engine",
         );
+        let tracked_skus = IntGaugeVec::new(
+            Opts::new(
+                "flashsale_tracked_skus",
+                "Entries the engine keeps in memory for SKUs, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for kind in TRACKED_KINDS {
+            tracked_skus.with_label_values(&[kind]);
+        }
+        let settlement_behind = IntGauge::new(
+            "flashsale_settlement_behind",
+            "1 while reserves are refused because settlement into the ledger is behind",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -224,6 +261,8 @@ impl Metrics {
             Box::new(heartbeat_failures.clone()),
             Box::new(sweep_calls.clone()),
             Box::new(sweep_deferred.clone()),
+            Box::new(tracked_skus.clone()),
+            Box::new(settlement_behind.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -234,6 +273,7 @@ impl Metrics {
             "in_flight",
             "suspended",
             "unregistered",
+            "settlement_behind",
         ]
         .map(|reason| (reason, refusals.with_label_values(&[reason])));
         Self {
@@ -260,6 +300,17 @@ impl Metrics {
             heartbeat_failures,
             sweep_calls,
             sweep_deferred,
+            tracked_skus,
+            settlement_behind,
+        }
+    }
+
+    /// Makes the reserve series of each of `callers` (and of [`ANONYMOUS`]) exist at 0, so
+    /// that a panel or a rule reading them has data before their first request.
+    pub fn know_callers<'a>(&self, callers: impl IntoIterator<Item = &'a str>) {
+        for caller in callers.into_iter().chain([ANONYMOUS]) {
+            self.requests
+                .with_label_values(&[caller, "/v1/reservations", "POST", "ok"]);
         }
     }
 

@@ -706,9 +706,10 @@ impl Reconciler {
         }
     }
 
-    /// Finds new streams and publishes the backlog and lag. Needs only Redis, so it keeps
-    /// reporting while the database is down, which is exactly when the lag grows.
-    async fn measure(&self) -> Result<(), ReconcileError> {
+    /// Finds new streams, publishes the backlog and lag, and returns the backlog. Needs
+    /// only Redis, so it keeps reporting while the database is down, which is exactly when
+    /// the lag grows.
+    pub async fn measure(&self) -> Result<Backlog, ReconcileError> {
         self.discover().await?;
         let backlog = self.backlog().await?;
         if let Some(metrics) = &self.metrics {
@@ -721,7 +722,7 @@ impl Reconciler {
                 .reconciler_pending
                 .set((backlog.pending + backlog.undelivered) as i64);
         }
-        Ok(())
+        Ok(backlog)
     }
 
     async fn housekeeping(&self) -> Result<(), ReconcileError> {
@@ -773,34 +774,20 @@ impl Reconciler {
     }
 
     /// Runs until `shutdown` turns true: turns, with housekeeping every interval, and
-    /// back-off with jitter while Redis or the database fails. The lag is measured by a
-    /// task of its own, every interval, so that a turn stuck on a database that does not
-    /// answer does not stop it from being reported, which is exactly when it grows.
+    /// back-off with jitter while Redis or the database fails. The lag is not measured
+    /// here: a turn stuck on a database that does not answer would stop it from being
+    /// reported, which is exactly when it grows; an engine measures it in a task of its
+    /// own ([`Reconciler::measure`], from `settlement.rs`).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let this = Arc::new(self);
-        let measurer = {
-            let (this, mut shutdown) = (this.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                while !*shutdown.borrow() {
-                    if let Err(error) = this.measure().await {
-                        tracing::debug!(%error, "lag not measured");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(this.options.housekeeping) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                }
-            })
-        };
         let mut backoff = Duration::from_millis(100);
         let mut last_housekeeping: Option<Instant> = None;
         while !*shutdown.borrow() {
-            let due = last_housekeeping.is_none_or(|t| t.elapsed() >= this.options.housekeeping);
+            let due = last_housekeeping.is_none_or(|t| t.elapsed() >= self.options.housekeeping);
             let result = async {
                 if due {
-                    this.housekeeping().await?;
+                    self.housekeeping().await?;
                 }
-                this.turn().await
+                self.turn().await
             }
             .await;
             if due {
@@ -811,17 +798,17 @@ impl Reconciler {
                     backoff = Duration::from_millis(100);
                     // A short read means the reconciler keeps up: let the next one gather.
                     // (An empty one has waited in its blocking read already.)
-                    let short = turn.entries > 0 && turn.entries < this.options.batch as u64;
-                    if short && !this.options.gather.is_zero() {
+                    let short = turn.entries > 0 && turn.entries < self.options.batch as u64;
+                    if short && !self.options.gather.is_zero() {
                         tokio::select! {
-                            _ = tokio::time::sleep(this.options.gather) => {}
+                            _ = tokio::time::sleep(self.options.gather) => {}
                             _ = shutdown.changed() => {}
                         }
                     }
                 }
                 Err(error) => {
                     tracing::warn!(%error, retry_in = ?backoff, "reconciler turn failed");
-                    if let Some(metrics) = &this.metrics {
+                    if let Some(metrics) = &self.metrics {
                         metrics.reconciler_errors.inc();
                     }
                     let jitter = rand::rng().random_range(0.5..1.5);
@@ -833,7 +820,6 @@ impl Reconciler {
                 }
             }
         }
-        measurer.abort();
     }
 }
 

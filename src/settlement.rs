@@ -4,6 +4,13 @@
 //! (log and `flashsale_audit_drifts_total`), never repaired from here: only a restart proves
 //! a loss (see `recovery::identity`), and only `flashsale audit --repair` repairs the rest.
 //! A SKU left fenced by a repair that died is taken through the repair again.
+//!
+//! It also watches settlement, whether the reconciler runs here or elsewhere: every second
+//! it measures what waits in the shard streams (delivered and not acknowledged, or not
+//! delivered yet), publishes it (`flashsale_reconciler_pending_events`,
+//! `flashsale_reconciler_lag_seconds`) and hands it to admission, which refuses new holds
+//! past `--max-unsettled` (streams are trimmed only below what every group acknowledged,
+//! so a reconciler that stopped makes them grow, never lose an entry).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +19,7 @@ use rand::Rng;
 use tokio::sync::{watch, OnceCell};
 use tokio::task::JoinHandle;
 
+use crate::admission::Admission;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::reconcile::{ReconcileOptions, Reconciler};
@@ -56,6 +64,7 @@ pub fn spawn(
     store: Store,
     ledger: Arc<OnceCell<Ledger>>,
     metrics: Arc<Metrics>,
+    admission: Arc<Admission>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -63,6 +72,16 @@ pub fn spawn(
             return;
         };
         let _ = ledger.set(connected.clone());
+        let watcher = {
+            let watcher = Reconciler::new(
+                store.clone(),
+                connected.clone(),
+                ReconcileOptions::new(),
+                Some(metrics.clone()),
+            );
+            let (metrics, stop) = (metrics.clone(), stop.clone());
+            tokio::spawn(watch_backlog(watcher, admission, metrics, stop))
+        };
         let auditor = options.audit_every.map(|every| {
             let (store, ledger, stop) = (store.clone(), connected.clone(), stop.clone());
             let metrics = metrics.clone();
@@ -76,7 +95,42 @@ pub fn spawn(
         if let Some(auditor) = auditor {
             let _ = auditor.await;
         }
+        let _ = watcher.await;
     })
+}
+
+/// Measures the backlog every housekeeping interval and hands it to admission, until
+/// `stop`. Needs only Redis, so it keeps reporting while the database is down, which is
+/// exactly when the backlog grows. A measurement that fails leaves the last one in force.
+async fn watch_backlog(
+    watcher: Reconciler,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = ReconcileOptions::new().housekeeping;
+    while !*stop.borrow() {
+        match watcher.measure().await {
+            Ok(backlog) => {
+                let was_behind = admission.settlement_behind();
+                admission.set_unsettled(backlog.pending + backlog.undelivered);
+                let behind = admission.settlement_behind();
+                metrics.settlement_behind.set(i64::from(behind));
+                if behind && !was_behind {
+                    tracing::error!(
+                        unsettled = admission.unsettled(),
+                        "settlement is behind: new reserves are refused until the \
+                         reconciler catches up (is one running? can it reach the database?)"
+                    );
+                }
+            }
+            Err(error) => tracing::debug!(%error, "backlog not measured"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => {}
+        }
+    }
 }
 
 async fn audit_loop(

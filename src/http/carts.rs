@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::CartProblem;
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, Caller};
 use super::number::RawQuantity;
-use super::reservations::{idempotency_key, timed, IDEMPOTENT_REPLAYED};
+use super::reservations::{idempotency_key, owned_by, timed, IDEMPOTENT_REPLAYED};
 use super::{rfc3339, ApiError, AppState, Problem};
 use crate::admission::Refusal;
-use crate::ids::{CartId, Sku, UserId};
+use crate::ids::{CallerName, CartId, Sku, UserId};
 use crate::store::{
     Cart, CartLineRequest, CartRequest, CartState, LineRefusal, StoreError, MAX_CART_LINES,
     MAX_PER_USER_LIMIT,
@@ -157,27 +157,36 @@ impl From<&Cart> for CartView {
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "invalid_cart (no lines, more than 16, a SKU twice); invalid_quantity (the lines member names the line and the detail its limit); idempotency_key_reused; invalid_sku, invalid_user_id, invalid_idempotency_key; invalid_body", body = CartProblem, content_type = "application/problem+json"),
         (status = 429, description = "rate_limited, with Retry-After; nothing held", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable, with Retry-After: retry with the same Idempotency-Key, which returns the cart if it was made", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 503, description = "unavailable, with Retry-After: retry with the same Idempotency-Key, which returns the cart if it was made. settlement_behind: the ledger is behind (--max-unsettled); nothing held; retry after the given time", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made the cart", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn open_cart(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CartBody>,
 ) -> Result<Response, ApiError> {
-    open(state, headers, body)
+    open(state, caller, headers, body)
         .await
         .map_err(ApiError::on_reserve)
 }
 
-async fn open(state: AppState, headers: HeaderMap, body: CartBody) -> Result<Response, ApiError> {
+async fn open(
+    state: AppState,
+    caller: Option<CallerName>,
+    headers: HeaderMap,
+    body: CartBody,
+) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let user = UserId::new(body.user_id)?;
     let request = CartRequest {
         lines: cart_lines(body.lines)?,
         user,
         key,
-        caller: None,
+        caller,
     };
     state.trusted()?;
     // Every line passes admission, from memory, before anything reaches Redis.
@@ -294,17 +303,26 @@ fn cart_id(text: &str) -> Result<CartId, ApiError> {
     params(("id" = String, Path, description = "Cart id", pattern = "^cart~(0|1[0-5]?|[2-9])~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "The cart", body = CartView),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made the cart", body = Problem, content_type = "application/problem+json"),
+
         (status = 404, description = "cart_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn get_cart(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CartView>, ApiError> {
     let id = cart_id(&id)?;
     let _permit = state.call_permit()?;
     let cart = timed(&state, "read", state.store.cart(&id)).await?;
+    owned_by(
+        caller.as_ref(),
+        cart.caller.as_ref().map(CallerName::as_str),
+    )?;
     Ok(Json(CartView::from(&cart)))
 }
 
@@ -317,19 +335,26 @@ pub async fn get_cart(
     params(("id" = String, Path, description = "Cart id", pattern = "^cart~(0|1[0-5]?|[2-9])~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "Every line confirmed (now or before)", body = CartView),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made the cart", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited, with Retry-After: confirms and cancels spend a token of the global bucket", body = Problem, content_type = "application/problem+json"),
+
         (status = 404, description = "cart_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "cart_cancelled; cart_pending (being opened or rolled back)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "cart_expired: its deadline passed; every line's units went back", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable: retry; the confirm is finished by the retry or by the maintenance pass", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn confirm_cart(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CartView>, ApiError> {
     let id = cart_id(&id)?;
-    let _permit = state.call_permit()?;
-    let cart = timed(&state, "cart", state.store.confirm_cart(&id, None)).await?;
+    let _permit = state.settle_permit(None)?;
+    let confirmed = state.store.confirm_cart(&id, caller.as_ref());
+    let cart = timed(&state, "cart", confirmed).await?;
     Ok(Json(CartView::from(&cart)))
 }
 
@@ -342,18 +367,25 @@ pub async fn confirm_cart(
     params(("id" = String, Path, description = "Cart id", pattern = "^cart~(0|1[0-5]?|[2-9])~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "Every line cancelled (now or before), or found expired", body = CartView),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made the cart", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited, with Retry-After: confirms and cancels spend a token of the global bucket", body = Problem, content_type = "application/problem+json"),
+
         (status = 404, description = "cart_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "cart_confirmed; cart_pending (being opened or rolled back)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable: retry", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn cancel_cart(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CartView>, ApiError> {
     let id = cart_id(&id)?;
-    let _permit = state.call_permit()?;
-    let cart = timed(&state, "cart", state.store.cancel_cart(&id, None)).await?;
+    let _permit = state.settle_permit(None)?;
+    let cancelled = state.store.cancel_cart(&id, caller.as_ref());
+    let cart = timed(&state, "cart", cancelled).await?;
     for line in &cart.lines {
         state.admission.clear_sold_out(&line.sku);
     }

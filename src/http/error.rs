@@ -76,6 +76,13 @@ pub enum ApiError {
     /// 401: no admin token, or the wrong one.
     #[error("unauthorized")]
     Unauthorized,
+    /// 401: a reservation route called without a client token, while client tokens are
+    /// configured.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// 401: a client token that is not one of those configured.
+    #[error("invalid token")]
+    InvalidToken,
     /// 403: admin routes are off because no admin token is configured.
     #[error("admin routes are disabled")]
     AdminDisabled,
@@ -188,6 +195,10 @@ struct Parts {
 /// Seconds a client should wait after a failure of Redis or an overload.
 const RETRY_SOON: Duration = Duration::from_secs(1);
 
+/// Seconds a client should wait while the ledger catches up: a backlog large enough to
+/// refuse reserves takes the reconciler seconds to settle, not milliseconds.
+const RETRY_SETTLEMENT: Duration = Duration::from_secs(5);
+
 impl ApiError {
     /// The error as a reserve answers it: a 503 becomes [`ApiError::ReserveUnanswered`].
     pub fn on_reserve(self) -> Self {
@@ -272,10 +283,28 @@ impl ApiError {
                     "Service unavailable",
                     Some(RETRY_SOON),
                 ),
+                Refusal::SettlementBehind => (
+                    S::SERVICE_UNAVAILABLE,
+                    "settlement_behind",
+                    "Settlement behind",
+                    Some(RETRY_SETTLEMENT),
+                ),
             },
             Self::BadRequest { code, .. } => (S::BAD_REQUEST, *code, "Bad request", None),
             Self::Invalid { code, .. } => (S::UNPROCESSABLE_ENTITY, *code, "Invalid request", None),
             Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized", None),
+            Self::Unauthenticated => (
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                "Client token required",
+                None,
+            ),
+            Self::InvalidToken => (
+                S::UNAUTHORIZED,
+                "invalid_token",
+                "Invalid client token",
+                None,
+            ),
             Self::AdminDisabled => (
                 S::FORBIDDEN,
                 "admin_disabled",
@@ -321,6 +350,11 @@ impl ApiError {
             Self::Refused(Refusal::Unregistered) => {
                 "the engine cannot renew its share of the rate with Redis; retry shortly".into()
             }
+            Self::Refused(Refusal::SettlementBehind) => {
+                "more events wait to be settled into the ledger than --max-unsettled allows; \
+                 no hold was made; retry after the given time (confirms and cancels go on)"
+                    .into()
+            }
             Self::Refused(Refusal::SoldOut) => StoreError::SoldOut.to_string(),
             Self::Refused(Refusal::NotStarted) => StoreError::NotStarted.to_string(),
             Self::Refused(Refusal::Ended) => StoreError::Ended.to_string(),
@@ -330,6 +364,12 @@ impl ApiError {
             Self::Unauthorized => {
                 "a valid 'Authorization: Bearer <admin token>' header is required".into()
             }
+            Self::Unauthenticated => "this engine serves only callers it knows: send \
+                 'Authorization: Bearer <client token>' with the token your caller was given"
+                .into(),
+            Self::InvalidToken => "the bearer token is not a client token of this engine: \
+                 check the token your caller was given (the admin token is not one)"
+                .into(),
             other => other.to_string(),
         };
         let lines = match self {
@@ -365,6 +405,7 @@ impl Refusal {
             Self::NotStarted => "sale_not_started",
             Self::Ended => "sale_ended",
             Self::Overloaded | Self::Suspended | Self::Unregistered => "unavailable",
+            Self::SettlementBehind => "settlement_behind",
         }
     }
 }
@@ -428,7 +469,7 @@ fn problem_body(parts: &Parts) -> Bytes {
 }
 
 /// The refusals from memory, in the order of their cached bodies.
-const REFUSALS: [Refusal; 7] = [
+const REFUSALS: [Refusal; 8] = [
     Refusal::RateLimited {
         retry_after: Duration::ZERO,
     },
@@ -438,6 +479,7 @@ const REFUSALS: [Refusal; 7] = [
     Refusal::Overloaded,
     Refusal::Suspended,
     Refusal::Unregistered,
+    Refusal::SettlementBehind,
 ];
 
 fn refusal_index(refusal: Refusal) -> usize {
@@ -449,13 +491,14 @@ fn refusal_index(refusal: Refusal) -> usize {
         Refusal::Overloaded => 4,
         Refusal::Suspended => 5,
         Refusal::Unregistered => 6,
+        Refusal::SettlementBehind => 7,
     }
 }
 
 /// The bodies of refusals from memory, built once: they are constant (a wait goes in a
 /// header), and once a SKU is sold out, or the engine overloaded, they are most of what the
 /// service answers. The first row as any route answers them, the second as a reserve does.
-static REFUSAL_BODIES: LazyLock<[[Bytes; 7]; 2]> = LazyLock::new(|| {
+static REFUSAL_BODIES: LazyLock<[[Bytes; 8]; 2]> = LazyLock::new(|| {
     [
         REFUSALS.map(|refusal| problem_body(&ApiError::Refused(refusal).parts())),
         REFUSALS.map(|refusal| problem_body(&ApiError::Refused(refusal).on_reserve().parts())),
@@ -495,7 +538,16 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         if parts.status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            // RFC 6750: a token that was sent and refused says so.
+            let challenge = if matches!(self, Self::InvalidToken) {
+                r#"Bearer error="invalid_token""#
+            } else {
+                "Bearer"
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         response.extensions_mut().insert(OutcomeCode(parts.code));
         response

@@ -1,14 +1,18 @@
-//! Extractors whose rejections are problems: a JSON body, a path, the admin token.
+//! Extractors whose rejections are problems: a JSON body, a path, the admin token; and the
+//! client-token layer of the reservation and cart routes, with the caller it finds.
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::ids::CallerName;
 
 /// A JSON body; a bad one is a 400/413/415/422 problem, never axum's plain-text rejection.
 pub struct ApiJson<T>(pub T);
@@ -78,4 +82,55 @@ impl FromRequestParts<AppState> for Admin {
             Err(ApiError::Unauthorized)
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as RFC
+/// 7235 has it).
+fn bearer(parts: &axum::http::HeaderMap) -> Option<&[u8]> {
+    let value = parts.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"Bearer ")
+        .then(|| token.trim_ascii())
+}
+
+/// The caller of a reservation or cart route, as [`authenticate`] found it: `None` when
+/// the engine has no client tokens (anyone may call).
+pub struct Caller(pub Option<CallerName>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<CallerName>().cloned()))
+    }
+}
+
+/// The caller a response was made for, for the metrics layer.
+#[derive(Clone)]
+pub struct CallerLabel(pub CallerName);
+
+/// The client-token layer of the reservation and cart routes (installed only when client
+/// tokens are configured): refuses a request without a token (401 `unauthenticated`) or
+/// with one no client has (401 `invalid_token`), before its body is read; otherwise hands
+/// the caller to the handler and its name to the metrics.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(tokens) = state.client_tokens.as_deref() else {
+        return next.run(request).await;
+    };
+    let caller = match bearer(request.headers()) {
+        None => return ApiError::Unauthenticated.into_response(),
+        Some(token) => match tokens.caller(token) {
+            Some(caller) => caller.clone(),
+            None => return ApiError::InvalidToken.into_response(),
+        },
+    };
+    request.extensions_mut().insert(caller.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(CallerLabel(caller));
+    response
 }

@@ -20,6 +20,24 @@ const READY_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Health {
     /// `ok` (alive) or `ready` (can serve).
     pub status: String,
+    /// How far behind settlement into the ledger is (readiness, with a ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settlement: Option<SettlementHealth>,
+}
+
+/// How far behind settlement into the ledger is. Reserves refused for it do not make the
+/// engine unready: confirms and cancels, which shrink the backlog's cause, go on.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SettlementHealth {
+    /// Stream entries not yet settled, at the last measurement (every second).
+    pub unsettled_events: u64,
+    /// Age of the oldest of them, seconds.
+    pub lag_seconds: f64,
+    /// The limit (`--max-unsettled`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unsettled: Option<u64>,
+    /// Whether new reserves and carts are refused (503 `settlement_behind`) for it now.
+    pub refusing_reserves: bool,
 }
 
 /// The process is alive.
@@ -27,6 +45,7 @@ pub struct Health {
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
+        settlement: None,
     })
 }
 
@@ -36,7 +55,7 @@ pub async fn healthz() -> Json<Health> {
     path = "/readyz",
     tag = "ops",
     responses(
-        (status = 200, description = "Ready", body = Health),
+        (status = 200, description = "Ready; with a ledger, how far behind settlement is", body = Health),
         (status = 503, description = "Redis does not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -47,6 +66,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     match tokio::time::timeout(READY_TIMEOUT, ping).await {
         Ok(Ok(_)) => Ok(Json(Health {
             status: "ready".to_owned(),
+            settlement: state.ledger.get().is_some().then(|| SettlementHealth {
+                unsettled_events: state.admission.unsettled(),
+                lag_seconds: state.metrics.reconciler_lag.get(),
+                max_unsettled: state.admission.max_unsettled(),
+                refusing_reserves: state.admission.settlement_behind(),
+            }),
         })),
         Ok(Err(error)) => Err(StoreError::Redis(error).into()),
         Err(_) => Err(
@@ -71,6 +96,21 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .in_flight
         .set(state.admission.in_flight() as i64);
+    let admission = state.admission.tracked();
+    let store = state.store.tracked();
+    for (kind, n) in [
+        ("gates", admission.gates),
+        ("rate_limiters", admission.rate_limiters),
+        ("configs", store.configs),
+        ("queues", store.queues),
+        ("refill_locks", store.refill_locks),
+    ] {
+        state
+            .metrics
+            .tracked_skus
+            .with_label_values(&[kind])
+            .set(n as i64);
+    }
     for (sku, _) in state.admission.gates() {
         // A SKU that cannot be read now keeps its last figures.
         if let Ok(totals) = state.store.totals(&sku).await {

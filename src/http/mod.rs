@@ -39,6 +39,7 @@ pub use reservations::{
 pub use skus::{SkuStatus, SkuView};
 
 use crate::admission::{Admission, Refusal};
+use crate::callers::ClientTokens;
 use crate::config::ServeConfig;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -85,6 +86,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The admin bearer token; `None` refuses every admin request.
     pub admin_token: Option<Arc<str>>,
+    /// The callers the reservation and cart routes serve; `None`: anyone.
+    pub client_tokens: Option<Arc<ClientTokens>>,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: Arc<serde_json::Value>,
     /// The ledger, once its database has answered (never, without a database URL).
@@ -104,6 +107,18 @@ impl AppState {
     fn call_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
         self.trusted()?;
         self.admission.admit_call().map_err(|r| self.refused(r))
+    }
+
+    /// A permit for a confirm or a cancel of a hold of `sku` (of a cart: `None`), which
+    /// spends a token of the reserves' buckets (see [`Admission::admit_settle`]).
+    fn settle_permit(
+        &self,
+        sku: Option<&crate::ids::Sku>,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.trusted()?;
+        self.admission
+            .admit_settle(sku)
+            .map_err(|r| self.refused(r))
     }
 
     /// Gives admission a gate for `sku` if it has none yet, from the configuration the
@@ -164,14 +179,19 @@ impl utoipa::Modify for AdminTokenScheme {
             "admin_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        // Required by the reservation and cart routes only when the engine is started
+        // with client tokens (--client-token NAME=TOKEN); they are open otherwise.
+        components.add_security_scheme(
+            "client_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
-/// The routes and their OpenAPI document.
-fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(skus::put_sku, skus::get_sku, skus::retire_sku))
-        .routes(routes!(skus::restock))
+/// The routes a client calls: reservations and carts (behind the client tokens, when
+/// there are any).
+fn client_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(reservations::reserve))
         .routes(routes!(reservations::cancel_by_key))
         .routes(routes!(reservations::get_reservation))
@@ -181,16 +201,32 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(carts::get_cart))
         .routes(routes!(carts::confirm_cart))
         .routes(routes!(carts::cancel_cart))
+}
+
+/// Every other route: the SKUs (admin writes, public reads) and operations.
+fn other_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(skus::put_sku, skus::get_sku, skus::retire_sku))
+        .routes(routes!(skus::restock))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::openapi))
+}
+
+/// The routes and their OpenAPI document; `clients` wraps the client routes.
+fn api_with(
+    clients: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(other_routes())
+        .merge(clients(client_routes()))
         .split_for_parts()
 }
 
 /// The OpenAPI document of the API, as JSON.
 pub fn openapi_json() -> serde_json::Value {
-    document(api().1)
+    document(api_with(|routes| routes).1)
 }
 
 fn document(openapi: utoipa::openapi::OpenApi) -> serde_json::Value {
@@ -235,7 +271,14 @@ fn camel_case_links(document: &mut serde_json::Value) {
 
 /// The whole application: routes, fallbacks, body limit, metrics and tracing layers.
 pub fn router(state: AppState) -> Router {
-    let (routes, _) = api();
+    let (routes, _) = api_with(|routes| match state.client_tokens {
+        // Without client tokens the layer would only pass requests on: it is left out.
+        None => routes,
+        Some(_) => routes.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            extract::authenticate,
+        )),
+    });
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -256,7 +299,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Counts and times every request by route, method and outcome.
+/// Counts and times every request by caller, route, method and outcome.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -270,7 +313,11 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .extensions()
         .get::<OutcomeCode>()
         .map_or("ok", |code| code.0);
-    let labels = [route.as_str(), method.as_str(), outcome];
+    let caller = response
+        .extensions()
+        .get::<extract::CallerLabel>()
+        .map_or(crate::metrics::ANONYMOUS, |label| label.0.as_str());
+    let labels = [caller, route.as_str(), method.as_str(), outcome];
     state.metrics.requests.with_label_values(&labels).inc();
     state
         .metrics
@@ -341,7 +388,12 @@ impl Application {
         for sku in store.skus().await? {
             admission.know(&*store.config(&sku).await?);
         }
+        let client_tokens = config
+            .client_tokens()
+            .context("bad --client-token, --client-tokens-file or FLASHSALE_CLIENT_TOKENS")?
+            .map(Arc::new);
         let metrics = Arc::new(Metrics::new());
+        metrics.know_callers(client_tokens.iter().flat_map(|tokens| tokens.names()));
         // Joined before serving, so that the first request is admitted at this engine's share.
         let registry = Registry::join(
             store.clone(),
@@ -356,6 +408,7 @@ impl Application {
             admission: admission.clone(),
             metrics,
             admin_token: config.admin_token.as_deref().map(Arc::from),
+            client_tokens,
             openapi: Arc::new(openapi_json()),
             ledger: Arc::default(),
             registry,
@@ -373,6 +426,7 @@ impl Application {
                 store.clone(),
                 state.ledger.clone(),
                 state.metrics.clone(),
+                admission.clone(),
                 stopped,
             )
         });

@@ -9,10 +9,10 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, Caller};
 use super::number::RawQuantity;
 use super::{rfc3339, ApiError, AppState, Problem};
-use crate::ids::{IdempotencyKey, ReservationId, Sku, UserId};
+use crate::ids::{CallerName, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::store::{
     HoldState, QuantityBound, Reservation, ReserveRequest, StoreError, MAX_PER_USER_LIMIT,
 };
@@ -203,27 +203,32 @@ async fn invalid_quantity(state: &AppState, sku: &Sku) -> ApiError {
         ),
         (status = 400, description = "missing_idempotency_key, malformed_json", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: the key made a reservation of another caller", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "sku_retired: the SKU is retired (its record is in the ledger); it takes no new reservation", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "sold_out, insufficient_stock, limit_exceeded, sale_not_started, sale_ended, reservation_cancelled (key barred by a cancel)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "sold_out, insufficient_stock, limit_exceeded, sale_not_started, sale_ended, reservation_cancelled (key barred by a cancel), too_many_keys (the user has used as many keys on this SKU as a user may)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "idempotency_key_reused (the key was used for this sku and user_id with another quantity); invalid_quantity (not a whole number from 1 to the SKU's per-user limit, which the detail names); invalid_sku, invalid_user_id, invalid_idempotency_key; invalid_body", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "rate_limited, with Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "unavailable: Redis down or stalled, or too many requests in flight, with Retry-After. The hold may have been made: retry with the same Idempotency-Key, which returns it rather than making another", body = Problem, content_type = "application/problem+json"),
-    )
+        (status = 503, description = "unavailable: Redis down or stalled, or too many requests in flight, with Retry-After. The hold may have been made: retry with the same Idempotency-Key, which returns it rather than making another. settlement_behind: the ledger is behind (--max-unsettled); no hold was made; retry after the given time", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn reserve(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<ReserveBody>,
 ) -> Result<Response, ApiError> {
-    hold(state, headers, body)
+    hold(state, caller, headers, body)
         .await
         .map_err(ApiError::on_reserve)
 }
 
 async fn hold(
     state: AppState,
+    caller: Option<CallerName>,
     headers: HeaderMap,
     body: ReserveBody,
 ) -> Result<Response, ApiError> {
@@ -242,7 +247,7 @@ async fn hold(
         user,
         quantity,
         key,
-        caller: None,
+        caller,
     };
     state.trusted()?;
     let permit = state
@@ -289,12 +294,16 @@ async fn hold(
     params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "The reservation; of a retired SKU, the ledger's record, marked `retired`", body = ReservationView),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "reservation_not_found (also for a retired SKU's reservation when the engine runs without a ledger)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn get_reservation(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
@@ -302,14 +311,28 @@ pub async fn get_reservation(
     let reservation = match timed(&state, "read", state.store.reservation(&id)).await {
         Err(StoreError::NotFound | StoreError::UnknownSku) => {
             // Retired: nothing is left in Redis, the ledger answers.
-            if let Some(view) = super::retired::reservation_view(&state, &id).await {
+            if let Some((view, owner)) = super::retired::reservation_view(&state, &id).await {
+                owned_by(caller.as_ref(), owner.as_deref())?;
                 return Ok(Json(view));
             }
             return Err(StoreError::NotFound.into());
         }
         other => other?,
     };
+    owned_by(
+        caller.as_ref(),
+        reservation.caller.as_ref().map(CallerName::as_str),
+    )?;
     Ok(Json(ReservationView::from(&reservation)))
+}
+
+/// Refuses a caller that is not the one that made the hold (a hold made with no caller,
+/// before client tokens were configured, is anyone's; so is every hold without them).
+pub(super) fn owned_by(caller: Option<&CallerName>, owner: Option<&str>) -> Result<(), ApiError> {
+    match (caller, owner) {
+        (Some(caller), Some(owner)) if caller.as_str() != owner => Err(StoreError::NotOwner.into()),
+        _ => Ok(()),
+    }
 }
 
 /// Confirms a hold (payment succeeded). Idempotent; a hold past its deadline is confirmed
@@ -321,19 +344,25 @@ pub async fn get_reservation(
     params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "Confirmed (now or before)", body = ReservationView),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "reservation_cancelled; cart_line (the reservation is a cart's line: confirm the cart)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "reservation_expired: confirmed late and the units are gone", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited, with Retry-After: confirms and cancels spend the reserves' tokens", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn confirm(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
-    let _permit = state.call_permit()?;
-    let reservation = timed(&state, "confirm", state.store.confirm(&id, None)).await?;
+    let _permit = state.settle_permit(Some(id.sku()))?;
+    let confirmed = state.store.confirm(&id, caller.as_ref());
+    let reservation = timed(&state, "confirm", confirmed).await?;
     Ok(Json(ReservationView::from(&reservation)))
 }
 
@@ -345,18 +374,24 @@ pub async fn confirm(
     params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
         (status = 200, description = "Cancelled (now or before), or found expired", body = ReservationView),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: another caller made it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "reservation_confirmed; cart_line (the reservation is a cart's line: cancel the cart)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited, with Retry-After: confirms and cancels spend the reserves' tokens", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
     let id = reservation_id(&id)?;
-    let _permit = state.call_permit()?;
-    let reservation = timed(&state, "cancel", state.store.cancel(&id, None)).await?;
+    let _permit = state.settle_permit(Some(id.sku()))?;
+    let cancelled = state.store.cancel(&id, caller.as_ref());
+    let reservation = timed(&state, "cancel", cancelled).await?;
     // Units may have come back: let the next reserve ask Redis.
     state.admission.clear_sold_out(id.sku());
     Ok(Json(ReservationView::from(&reservation)))
@@ -373,26 +408,33 @@ pub async fn cancel(
     responses(
         (status = 200, description = "Cancelled, or barred for good", body = CancelByKeyView),
         (status = 400, description = "Unreadable body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "not_your_reservation: the key made a reservation of another caller", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "sku_not_found", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "reservation_confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "reservation_confirmed; too_many_keys (the user has used as many keys on this SKU as a user may: the barrier is not made)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid ids", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate_limited, with Retry-After: confirms and cancels spend the reserves' tokens", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Redis unavailable", body = Problem, content_type = "application/problem+json"),
-    )
+    ),
+    security(("client_token" = []), ())
 )]
 pub async fn cancel_by_key(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     ApiJson(body): ApiJson<CancelByKeyBody>,
 ) -> Result<Json<CancelByKeyView>, ApiError> {
     let sku = Sku::new(body.sku)?;
     let user = UserId::new(body.user_id)?;
     let key = IdempotencyKey::new(body.idempotency_key)?;
-    let _permit = state.call_permit()?;
+    let _permit = state.settle_permit(Some(&sku))?;
     let found = timed(
         &state,
         "cancel_by_key",
-        state.store.cancel_by_key(&sku, &user, &key, None),
+        state
+            .store
+            .cancel_by_key(&sku, &user, &key, caller.as_ref()),
     )
     .await?;
     state.admission.clear_sold_out(&sku);

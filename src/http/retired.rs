@@ -60,11 +60,12 @@ pub(super) async fn is_retired(state: &AppState, sku: &Sku) -> bool {
     }
 }
 
-/// The ledger's record of reservation `id` if its SKU is retired.
+/// The ledger's record of reservation `id` if its SKU is retired, and the caller that
+/// made it.
 pub(super) async fn reservation_view(
     state: &AppState,
     id: &ReservationId,
-) -> Option<ReservationView> {
+) -> Option<(ReservationView, Option<String>)> {
     let ledger = state.ledger.get()?;
     let sku = id.sku();
     let found = async {
@@ -80,7 +81,7 @@ pub(super) async fn reservation_view(
             "expired" => ReservationStatus::Expired,
             _ => ReservationStatus::Held,
         };
-        Ok(Some(ReservationView {
+        let view = ReservationView {
             reservation_id: r.rid,
             sku: sku.to_string(),
             user_id: r.user,
@@ -93,7 +94,8 @@ pub(super) async fn reservation_view(
                 .and_then(|k| k.strip_prefix('#'))
                 .map(str::to_owned),
             retired: true,
-        }))
+        };
+        Ok(Some((view, r.caller)))
     };
     match found.await {
         Ok(view) => view,

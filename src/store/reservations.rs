@@ -66,7 +66,7 @@ impl Store {
                     }
                 }
                 ScriptCode::NoSku => {
-                    self.forget(&request.sku);
+                    self.drop_sku(&request.sku);
                     return Err(StoreError::UnknownSku);
                 }
                 ScriptCode::BadQty => {
@@ -290,7 +290,7 @@ impl Store {
             }
             ScriptCode::Replayed => reservation_from(sku, reply, now).map(Some),
             ScriptCode::NoSku => {
-                self.forget(sku);
+                self.drop_sku(sku);
                 Err(StoreError::UnknownSku)
             }
             other => Err(StoreError::from_code(other)),

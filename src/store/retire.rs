@@ -121,7 +121,7 @@ impl Store {
             .arg(sku.as_str())
             .exec_async(&mut self.connection())
             .await?;
-        self.forget(sku);
+        self.drop_sku(sku);
         Ok(Retirement::Retired)
     }
 
@@ -210,7 +210,7 @@ impl Store {
             .arg(sku.as_str())
             .query_async(&mut self.connection())
             .await?;
-        self.forget(sku);
+        self.drop_sku(sku);
         Ok(found || deleted > 0 || removed > 0)
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Loaded, QuantityBound, SkuConfig, SkuSpec, Store, StoreError, Totals};
+use super::{Loaded, QuantityBound, SkuConfig, SkuSpec, Store, StoreError, Totals, TrackedByStore};
 use super::{MAX_RESERVE_ROUNDS, MAX_STOCK};
 use crate::ids::{random_token, OpId, Sku};
 use crate::scripts::ScriptCode;
@@ -181,7 +181,7 @@ impl Store {
     /// SKU is gone.
     pub async fn reload_config(&self, sku: &Sku) -> Result<Option<Arc<SkuConfig>>, StoreError> {
         let Some(config) = self.read_config(sku).await? else {
-            self.forget(sku);
+            self.drop_sku(sku);
             return Ok(None);
         };
         let config = Arc::new(config);
@@ -192,8 +192,30 @@ impl Store {
         Ok(Some(config))
     }
 
+    /// Drops the cached configuration of `sku` (it changed in Redis): the next call reads it.
     pub(super) fn forget(&self, sku: &Sku) {
         self.inner.configs.write().remove(sku);
+    }
+
+    /// Drops everything kept in memory for `sku`, which is gone (retired, or never
+    /// loaded): its configuration, its shards' reserve queues (their tasks end once the
+    /// requests holding them are answered) and refill locks.
+    pub(super) fn drop_sku(&self, sku: &Sku) {
+        self.forget(sku);
+        self.inner.queues.write().remove(sku);
+        self.inner
+            .refill_locks
+            .lock()
+            .retain(|(of, _), _| of != sku);
+    }
+
+    /// How much the store keeps in memory for SKUs now.
+    pub fn tracked(&self) -> TrackedByStore {
+        TrackedByStore {
+            configs: self.inner.configs.read().len(),
+            queues: self.inner.queues.read().len(),
+            refill_locks: self.inner.refill_locks.lock().len(),
+        }
     }
 
     /// Every loaded SKU.
@@ -238,7 +260,7 @@ impl Store {
                 match StoreError::from_raw(code)? {
                     ScriptCode::Ok | ScriptCode::Replayed => {}
                     ScriptCode::NoSku => {
-                        self.forget(sku);
+                        self.drop_sku(sku);
                         return Err(StoreError::UnknownSku);
                     }
                     // Split by a stale shard count: the shards already done keep their

@@ -363,3 +363,15 @@ pub struct LineRefusal {
     /// What it means.
     pub detail: String,
 }
+
+/// How many entries of each kind the store keeps in memory for SKUs (see
+/// [`crate::store::Store::tracked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackedByStore {
+    /// Cached configurations: one per loaded SKU in use.
+    pub configs: usize,
+    /// SKUs with reserve queues.
+    pub queues: usize,
+    /// Refill locks, one per (SKU, shard) that ran short.
+    pub refill_locks: usize,
+}

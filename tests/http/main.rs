@@ -1,6 +1,8 @@
 //! The HTTP API against a real server on port 0 and a real `redis-server`; every response
 //! is checked against the server's own OpenAPI document.
 
+mod bounds;
+mod callers;
 mod carts;
 mod routes;
 mod rules;

@@ -513,7 +513,7 @@ async fn health_readiness_metrics_and_the_spec() {
     assert_eq!(get("/readyz").await.body, json!({ "status": "ready" }));
     let metrics = app.metrics().await;
     for needle in [
-        r#"flashsale_http_requests_total{method="POST",outcome="ok",route="/v1/reservations"} 1"#,
+        r#"flashsale_http_requests_total{caller="anonymous",method="POST",outcome="ok",route="/v1/reservations"} 1"#,
         "flashsale_http_request_duration_seconds_bucket",
         r#"flashsale_redis_call_duration_seconds_count{op="reserve"} 1"#,
         "flashsale_in_flight_requests 0",

@@ -296,3 +296,37 @@ impl Drop for TestApp {
         }
     }
 }
+
+/// The value of the series `name{labels}` on a `/metrics` page (labels as Prometheus writes
+/// them, in name order), if it is there.
+pub fn series(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let head = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    page.lines()
+        .find_map(|line| line.strip_prefix(&head))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+impl TestApp {
+    /// What the engine keeps in memory for SKUs, by kind (`flashsale_tracked_skus`).
+    pub async fn tracked(&self) -> std::collections::BTreeMap<String, i64> {
+        let page = self.metrics().await;
+        [
+            "gates",
+            "rate_limiters",
+            "configs",
+            "queues",
+            "refill_locks",
+        ]
+        .into_iter()
+        .map(|kind| {
+            let n = series(&page, "flashsale_tracked_skus", &format!("kind=\"{kind}\""))
+                .unwrap_or_else(|| panic!("no flashsale_tracked_skus{{kind={kind}}}"));
+            (kind.to_owned(), n as i64)
+        })
+        .collect()
+    }
+}

@@ -80,6 +80,20 @@ async fn assert_gone(store: &Store, sku: &str, shards: u16, when: &str) {
     }
 }
 
+/// Asserts that the engine, whose only SKU was retired, keeps nothing in memory for SKUs
+/// (its limiter entry goes at the next reload once refilled: waited for, up to 10 s).
+async fn assert_untracked(app: &TestApp, when: &str) {
+    let mut tracked = app.tracked().await;
+    for _ in 0..200 {
+        if tracked.values().all(|n| *n == 0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tracked = app.tracked().await;
+    }
+    panic!("{when}: the engine still keeps {tracked:?}");
+}
+
 /// Polls `GET /v1/skus/{sku}` until its status is `status`; panics after a minute.
 async fn until_status(app: &TestApp, sku: &str, status: &str) -> Value {
     for _ in 0..1_200 {
@@ -182,6 +196,7 @@ async fn a_sale_run_to_retirement(url: String) {
 
     let (store, ledger, _) = inspect(&app, &url).await;
     assert_gone(&store, "gone", shards, "after retirement").await;
+    assert_untracked(&app, "after retirement").await;
     assert!(ledger.retired("gone").await.unwrap().is_some());
 
     // Every reservation answers from the ledger, marked retired.
@@ -229,6 +244,7 @@ async fn a_sale_run_to_retirement(url: String) {
     assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
     assert_eq!(again.body["status"], "retired");
     assert_gone(&store, "gone", shards, "after late calls").await;
+    assert_untracked(&app, "after late calls").await;
 
     // The quick audit (every second) and a full audit with repair do not bring it back.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
