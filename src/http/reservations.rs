@@ -186,7 +186,8 @@ async fn invalid_quantity(state: &AppState, sku: &Sku) -> ApiError {
 /// repeat with the same quantity returns the original reservation as it is now (201 with
 /// `Idempotent-Replayed: true`), and a repeat with another quantity is refused with 422
 /// `idempotency_key_reused`. The same key sent with another `sku` or another `user_id` is
-/// another key: it makes a reservation of its own. Keys live as long as the SKU's sale.
+/// another key: it makes a reservation of its own. Keys live as long as the SKU is live
+/// or ended: until it is retired (then every read answers from the ledger).
 #[utoipa::path(
     post,
     path = "/v1/reservations",

@@ -96,6 +96,7 @@ async fn a_sale_with_the_reconciler_stopped_is_refused_at_the_backlog_and_loses_
 
     // Readiness and the metrics say so; the engine stays ready.
     let ready = readiness(&app).await;
+    eprintln!("readiness while refusing: {ready}");
     assert_eq!(ready["status"], "ready");
     assert_eq!(ready["settlement"]["refusing_reserves"], true, "{ready}");
     assert_eq!(ready["settlement"]["max_unsettled"], LIMIT);
