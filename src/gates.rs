@@ -1,8 +1,9 @@
 //! Keeps the admission gates in step with Redis, in the background.
 //!
-//! - A sold-out SKU is checked every poll (50 ms by default): units that came back by a
-//!   cancel, a restock, another engine, or a deadline that passed (its shards are swept on
-//!   the spot) lower the flag, so reserves reach Redis again within about one poll.
+//! - A sold-out SKU in its window is checked every poll (50 ms by default): units that came
+//!   back by a cancel, a restock, another engine, or a deadline that passed (its shards are
+//!   swept on the spot) lower the flag, so reserves reach Redis again within about one
+//!   poll. Once its window is over it is not polled: nothing can be reserved of it.
 //! - A closed SKU (sold out, or past its window) gets the idempotency keys Redis recorded
 //!   loaded once, so that retries of reserves that did succeed are not refused.
 //! - Every second, each known SKU's window is read again (another engine may have replaced
@@ -28,7 +29,12 @@ pub async fn refresh(store: &Store, admission: &Admission) -> Result<(), StoreEr
     // The sale window is judged in memory by Redis's clock: keep our reading of it fresh.
     let now = store.sync_clock().await?;
     for (sku, gate) in admission.gates() {
-        if gate.is_sold_out() {
+        // An ended SKU admits no reserve whatever its flag says: it is not polled (work
+        // follows what is live), only its recorded keys are loaded, once.
+        if !gate.has_ended(now) {
+            if !gate.is_sold_out() {
+                continue;
+            }
             let available = match store.available(&sku).await {
                 // Under repair: its units are known once the repair lifts the fence.
                 Err(StoreError::Recovering) => continue,
@@ -38,8 +44,6 @@ pub async fn refresh(store: &Store, admission: &Admission) -> Result<(), StoreEr
                 admission.clear_sold_out(&sku);
                 continue;
             }
-        } else if !gate.has_ended(now) {
-            continue;
         }
         if !gate.keys_loaded() {
             let reopenings = admission.reopenings(&sku);

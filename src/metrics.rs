@@ -1,5 +1,8 @@
 //! Prometheus metrics of the service, in one registry.
 
+use std::collections::BTreeSet;
+
+use parking_lot::Mutex;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -32,6 +35,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Units per SKU and state (available, held, sold), read at scrape time.
     pub sku_units: IntGaugeVec,
+    /// The SKUs `sku_units` has series of (see [`Metrics::keep_units_of`]).
+    units_of: Mutex<BTreeSet<String>>,
     /// Age of the oldest event not yet settled into the ledger, seconds.
     pub reconciler_lag: Gauge,
     /// Events delivered and not settled, or not delivered yet.
@@ -73,6 +78,9 @@ pub struct Metrics {
     /// `--max-unsettled` allows.
     pub settlement_behind: IntGauge,
 }
+
+/// The states of [`Metrics::sku_units`].
+pub const UNIT_STATES: [&str; 3] = ["available", "held", "sold"];
 
 /// The caller label of a request from no configured client.
 pub const ANONYMOUS: &str = "anonymous";
@@ -285,6 +293,7 @@ impl Metrics {
             redis_seconds,
             in_flight,
             sku_units,
+            units_of: Mutex::default(),
             reconciler_lag,
             reconciler_pending,
             reconciler_batches,
@@ -303,6 +312,18 @@ impl Metrics {
             tracked_skus,
             settlement_behind,
         }
+    }
+
+    /// Drops the `sku_units` series of every SKU not in `known` (retired, or forgotten):
+    /// the registry keeps series only of SKUs the engine knows.
+    pub fn keep_units_of(&self, known: BTreeSet<String>) {
+        let mut had = self.units_of.lock();
+        for gone in had.difference(&known) {
+            for state in UNIT_STATES {
+                let _ = self.sku_units.remove_label_values(&[gone, state]);
+            }
+        }
+        *had = known;
     }
 
     /// Makes the reserve series of each of `callers` (and of [`ANONYMOUS`]) exist at 0, so

@@ -111,9 +111,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .with_label_values(&[kind])
             .set(n as i64);
     }
-    for (sku, _) in state.admission.gates() {
+    let gates = state.admission.gates();
+    for (sku, _) in &gates {
         // A SKU that cannot be read now keeps its last figures.
-        if let Ok(totals) = state.store.totals(&sku).await {
+        if let Ok(totals) = state.store.totals(sku).await {
             for (name, value) in [
                 ("available", totals.available),
                 ("held", totals.held),
@@ -127,6 +128,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     }
+    state
+        .metrics
+        .keep_units_of(gates.iter().map(|(sku, _)| sku.to_string()).collect());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

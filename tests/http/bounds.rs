@@ -54,3 +54,47 @@ async fn two_hundred_made_up_sku_names_leave_no_engine_memory() {
     let again = app.reserve("tv", "bob", 1, "k").await;
     assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
 }
+
+/// Calls of Redis command `name` so far (`INFO commandstats`).
+fn calls_of(app: &TestApp, name: &str) -> u64 {
+    let info = app.redis.command(&["INFO", "commandstats"]).unwrap();
+    let head = format!("cmdstat_{name}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&head))
+        .and_then(|l| l.split(['=', ',']).nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_sold_out_sku_is_polled_while_live_and_not_once_its_window_ended() {
+    // No maintenance pass during the test: what reads the shards is the gates' poll.
+    let app = TestApp::spawn_with(|c| c.sweep_interval_ms = 600_000).await;
+    let ends = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let ends = ends
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let loaded = app
+        .put_sku("tv", json!({ "stock": 1, "ends_at": ends, "shards": 1 }))
+        .await;
+    assert_eq!(loaded.status, StatusCode::CREATED, "{:?}", loaded.body);
+    assert_eq!(
+        app.reserve("tv", "ann", 1, "k").await.status,
+        StatusCode::CREATED
+    );
+    let refused = app.reserve("tv", "bob", 1, "k").await;
+    assert_eq!(refused.code(), "sold_out", "{:?}", refused.body);
+    // Live and sold out: its shards are read every poll (HLEN of the moves hash is one of
+    // the poll's reads) for units that come back.
+    let polls = || calls_of(&app, "hlen");
+    let before = polls();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(polls() > before, "a live sold-out SKU was not polled");
+    // Ended: nothing can be reserved of it, and it is not polled any more.
+    while app.get_sku("tv").await.body["status"] != "ended" {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let before = polls();
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(polls(), before, "an ended SKU was polled");
+}

@@ -83,6 +83,11 @@ async fn assert_gone(store: &Store, sku: &str, shards: u16, when: &str) {
 /// Asserts that the engine, whose only SKU was retired, keeps nothing in memory for SKUs
 /// (its limiter entry goes at the next reload once refilled: waited for, up to 10 s).
 async fn assert_untracked(app: &TestApp, when: &str) {
+    let page = app.metrics().await;
+    assert!(
+        !page.contains(r#"sku="gone""#),
+        "{when}: series of the retired SKU left: {page}"
+    );
     let mut tracked = app.tracked().await;
     for _ in 0..200 {
         if tracked.values().all(|n| *n == 0) {
@@ -161,6 +166,12 @@ async fn a_sale_run_to_retirement(url: String) {
         app.cancel_by_key("gone", "u99", "never").await.status,
         StatusCode::OK
     );
+
+    // While loaded, the engine reports the SKU's units.
+    assert!(app
+        .metrics()
+        .await
+        .contains(r#"flashsale_sku_units{sku="gone",state="held"}"#));
 
     // Holds are open: refused, with what to do.
     let refused = app.retire("gone").await;
