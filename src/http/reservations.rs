@@ -14,7 +14,8 @@ use super::number::RawQuantity;
 use super::{rfc3339, ApiError, AppState, Problem};
 use crate::ids::{CallerName, IdempotencyKey, ReservationId, Sku, UserId};
 use crate::store::{
-    HoldState, QuantityBound, Reservation, ReserveRequest, StoreError, MAX_PER_USER_LIMIT,
+    ExpiredBecause, HoldState, QuantityBound, Reservation, ReserveRequest, StoreError,
+    MAX_PER_USER_LIMIT,
 };
 
 /// The header that makes a reserve idempotent.
@@ -327,6 +328,37 @@ pub async fn get_reservation(
     Ok(Json(ReservationView::from(&reservation)))
 }
 
+/// What a caller asks of a hold.
+#[derive(Clone, Copy)]
+enum Settle {
+    Confirm,
+    Cancel,
+}
+
+/// A confirm or cancel of a reservation Redis does not have: if its SKU is retired, the
+/// answer the store would give for a hold in the state the ledger has (a repeated confirm
+/// of a confirmed reservation is still a 200), written nowhere; otherwise not found.
+async fn retired_answer(
+    state: &AppState,
+    id: &ReservationId,
+    caller: Option<&CallerName>,
+    settle: Settle,
+) -> Result<ReservationView, ApiError> {
+    let Some((view, owner)) = super::retired::reservation_view(state, id).await else {
+        return Err(StoreError::NotFound.into());
+    };
+    owned_by(caller, owner.as_deref())?;
+    use ReservationStatus as R;
+    match (settle, view.status) {
+        (Settle::Confirm, R::Confirmed) | (Settle::Cancel, R::Cancelled | R::Expired) => Ok(view),
+        (Settle::Cancel, R::Confirmed) => Err(StoreError::Confirmed.into()),
+        (Settle::Confirm, R::Cancelled) => Err(StoreError::Cancelled.into()),
+        (Settle::Confirm, R::Expired) => Err(StoreError::Expired(ExpiredBecause::Stock).into()),
+        // A SKU is retired only once no hold is open: the ledger has none of it held.
+        (_, R::Held) => Err(StoreError::NotFound.into()),
+    }
+}
+
 /// Refuses a caller that is not the one that made the hold (a hold made with no caller,
 /// before client tokens were configured, is anyone's; so is every hold without them).
 pub(super) fn owned_by(caller: Option<&CallerName>, owner: Option<&str>) -> Result<(), ApiError> {
@@ -344,7 +376,7 @@ pub(super) fn owned_by(caller: Option<&CallerName>, owner: Option<&str>) -> Resu
     tag = "reservations",
     params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
-        (status = 200, description = "Confirmed (now or before)", body = ReservationView),
+        (status = 200, description = "Confirmed (now or before); of a retired SKU, the ledger's record, marked `retired`", body = ReservationView),
         (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not_your_reservation: another caller made it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
@@ -363,7 +395,14 @@ pub async fn confirm(
     let id = reservation_id(&id)?;
     let _permit = state.settle_permit(Some(id.sku()))?;
     let confirmed = state.store.confirm(&id, caller.as_ref());
-    let reservation = timed(&state, "confirm", confirmed).await?;
+    let reservation = match timed(&state, "confirm", confirmed).await {
+        Err(StoreError::NotFound | StoreError::UnknownSku) => {
+            return retired_answer(&state, &id, caller.as_ref(), Settle::Confirm)
+                .await
+                .map(Json);
+        }
+        other => other?,
+    };
     Ok(Json(ReservationView::from(&reservation)))
 }
 
@@ -374,7 +413,7 @@ pub async fn confirm(
     tag = "reservations",
     params(("id" = String, Path, description = "Reservation id", pattern = "^[A-Za-z0-9._-]{1,64}~(0|[1-9][0-9]{0,3})~[a-z2-7]{20}$")),
     responses(
-        (status = 200, description = "Cancelled (now or before), or found expired", body = ReservationView),
+        (status = 200, description = "Cancelled (now or before), or found expired; of a retired SKU, the ledger's record, marked `retired`", body = ReservationView),
         (status = 401, description = "unauthenticated (no client token, when the engine has client tokens), invalid_token; with WWW-Authenticate: Bearer", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "not_your_reservation: another caller made it", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "reservation_not_found", body = Problem, content_type = "application/problem+json"),
@@ -392,7 +431,14 @@ pub async fn cancel(
     let id = reservation_id(&id)?;
     let _permit = state.settle_permit(Some(id.sku()))?;
     let cancelled = state.store.cancel(&id, caller.as_ref());
-    let reservation = timed(&state, "cancel", cancelled).await?;
+    let reservation = match timed(&state, "cancel", cancelled).await {
+        Err(StoreError::NotFound | StoreError::UnknownSku) => {
+            return retired_answer(&state, &id, caller.as_ref(), Settle::Cancel)
+                .await
+                .map(Json);
+        }
+        other => other?,
+    };
     // Units may have come back: let the next reserve ask Redis.
     state.admission.clear_sold_out(id.sku());
     Ok(Json(ReservationView::from(&reservation)))
