@@ -264,9 +264,17 @@ pub struct Gate {
     recorded_keys: RwLock<Option<Arc<KeysByUser>>>,
     /// Reserves of this SKU that reached the token buckets since the demand was taken.
     demand: Striped,
+    /// Set once what serves reserves of the SKU was released after its window ended.
+    released: AtomicBool,
 }
 
 impl Gate {
+    /// Whether the window has closed at `now_ms` and this is the first time it is asked
+    /// (so that what serves reserves of the SKU is released once).
+    pub fn first_seen_ended(&self, now_ms: u64) -> bool {
+        self.has_ended(now_ms) && !self.released.swap(true, Ordering::AcqRel)
+    }
+
     /// Whether the sold-out flag is up.
     pub fn is_sold_out(&self) -> bool {
         self.sold_out.load(Ordering::Acquire)

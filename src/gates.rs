@@ -30,7 +30,11 @@ pub async fn refresh(store: &Store, admission: &Admission) -> Result<(), StoreEr
     let now = store.sync_clock().await?;
     for (sku, gate) in admission.gates() {
         // An ended SKU admits no reserve whatever its flag says: it is not polled (work
-        // follows what is live), only its recorded keys are loaded, once.
+        // follows what is live), only its recorded keys are loaded, once; its reserve
+        // queues and refill locks go (a replay of a recorded key makes a queue again).
+        if gate.first_seen_ended(now) {
+            store.release_ended(&sku);
+        }
         if !gate.has_ended(now) {
             if !gate.is_sold_out() {
                 continue;

@@ -198,10 +198,16 @@ impl Store {
     }
 
     /// Drops everything kept in memory for `sku`, which is gone (retired, or never
-    /// loaded): its configuration, its shards' reserve queues (their tasks end once the
-    /// requests holding them are answered) and refill locks.
+    /// loaded): its configuration, reserve queues and refill locks.
     pub(super) fn drop_sku(&self, sku: &Sku) {
         self.forget(sku);
+        self.release_ended(sku);
+    }
+
+    /// Drops what serves reserves of `sku`, whose window is over: its shards' reserve
+    /// queues (their tasks end once the requests holding them are answered; a later reserve
+    /// makes one again) and refill locks.
+    pub fn release_ended(&self, sku: &Sku) {
         self.inner.queues.write().remove(sku);
         self.inner
             .refill_locks

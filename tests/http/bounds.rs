@@ -86,6 +86,12 @@ async fn a_sold_out_sku_is_polled_while_live_and_not_once_its_window_ended() {
     // Live and sold out: its shards are read every poll (HLEN of the moves hash is one of
     // the poll's reads) for units that come back.
     let polls = || calls_of(&app, "hlen");
+    let tracked = app.tracked().await;
+    assert_eq!(
+        (tracked["queues"], tracked["refill_locks"]),
+        (1, 1),
+        "{tracked:?}"
+    );
     let before = polls();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(polls() > before, "a live sold-out SKU was not polled");
@@ -97,4 +103,19 @@ async fn a_sold_out_sku_is_polled_while_live_and_not_once_its_window_ended() {
     let before = polls();
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     assert_eq!(polls(), before, "an ended SKU was polled");
+    // What served its reserves is gone; what answers for it stays until it is retired.
+    let tracked = app.tracked().await;
+    assert_eq!(
+        (tracked["queues"], tracked["refill_locks"]),
+        (0, 0),
+        "{tracked:?}"
+    );
+    assert_eq!(
+        (tracked["gates"], tracked["configs"]),
+        (1, 1),
+        "{tracked:?}"
+    );
+    let replay = app.reserve("tv", "ann", 1, "k").await;
+    assert_eq!(replay.status, StatusCode::CREATED, "{:?}", replay.body);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
 }
