@@ -84,6 +84,14 @@ impl KeySpace {
         }
     }
 
+    /// The SKU and shard whose stream `key` is: the inverse of [`KeySpace::shard`]'s
+    /// `events` (a SKU has no `{`, `}` or `:`, so the tag splits one way only).
+    pub fn events_shard(&self, key: &str) -> Option<(Sku, u16)> {
+        let tag = key.strip_prefix(&self.prefix)?.strip_suffix(":events")?;
+        let (sku, shard) = tag.strip_prefix('{')?.strip_suffix('}')?.rsplit_once(':')?;
+        Some((Sku::new(sku).ok()?, shard.parse().ok()?))
+    }
+
     /// The SKU's configuration (shard count and rules), read by the engine to route.
     pub fn meta(&self, sku: &Sku) -> String {
         format!("{}{{{sku}}}:meta", self.prefix)
@@ -148,5 +156,21 @@ mod tests {
         assert_eq!(carts.open, "fs:{cart~5}:open");
         assert!(KeySpace::new("a{b").is_err());
         assert!(KeySpace::new("t-1:").is_ok());
+    }
+
+    #[test]
+    fn a_stream_key_names_its_sku_and_shard() {
+        let keys = KeySpace::new("fs:x:").unwrap();
+        let sku = Sku::new("a.b-c_d").unwrap();
+        let events = keys.shard(&sku, 12).events;
+        assert_eq!(keys.events_shard(&events), Some((sku.clone(), 12)));
+        for other in [
+            keys.shard(&sku, 12).hash,
+            keys.shard(&sku, 12).moves,
+            "other:{tv:1}:events".to_owned(),
+            "fs:x:{tv}:events".to_owned(),
+        ] {
+            assert_eq!(keys.events_shard(&other), None, "{other}");
+        }
     }
 }

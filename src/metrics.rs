@@ -35,7 +35,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Units per SKU and state (available, held, sold), read at scrape time.
     pub sku_units: IntGaugeVec,
-    /// The SKUs `sku_units` has series of (see [`Metrics::keep_units_of`]).
+    /// The SKUs with per-SKU series (see [`Metrics::keep_skus`]).
     units_of: Mutex<BTreeSet<String>>,
     /// Age of the oldest event not yet settled into the ledger, seconds.
     pub reconciler_lag: Gauge,
@@ -77,7 +77,47 @@ pub struct Metrics {
     /// 1 while reserves are refused because more entries wait to be settled than
     /// `--max-unsettled` allows.
     pub settlement_behind: IntGauge,
+    /// Redis calls of requests that failed, by operation and kind (`timeout`, `error`).
+    pub redis_errors: IntCounterVec,
+    /// The bound on requests with Redis calls in flight (`--max-in-flight`).
+    pub max_in_flight: IntGauge,
+    /// 1 while the engine's sold-out flag of a SKU is up, read at scrape time.
+    pub sku_sold_out: IntGaugeVec,
+    /// Reserves and cart lines of a loaded SKU refused, by SKU and problem code (every
+    /// code of [`SKU_REFUSALS`] present at 0 for every SKU the engine knows).
+    pub sku_refusals: IntCounterVec,
+    /// Unsettled entries per shard stream, at the last measurement.
+    pub stream_backlog: IntGaugeVec,
+    /// Quick audits by outcome (`clean`, `drift`, `failed`).
+    pub audits: IntCounterVec,
+    /// SKUs a repair fences now, read at scrape time.
+    pub fenced_skus: IntGauge,
 }
+
+/// The problem codes a reserve or a cart line of a loaded SKU is counted under in
+/// [`Metrics::sku_refusals`] (any other code, as `internal`, is not a refusal of the SKU).
+pub const SKU_REFUSALS: [&str; 10] = [
+    "sold_out",
+    "insufficient_stock",
+    "limit_exceeded",
+    "sale_not_started",
+    "sale_ended",
+    "rate_limited",
+    "unavailable",
+    "settlement_behind",
+    "too_many_keys",
+    "reservation_cancelled",
+];
+
+/// The operations of [`Metrics::redis_seconds`] and [`Metrics::redis_errors`].
+pub const REDIS_OPS: [&str; 6] = [
+    "reserve",
+    "confirm",
+    "cancel",
+    "cancel_by_key",
+    "read",
+    "cart",
+];
 
 /// The states of [`Metrics::sku_units`].
 pub const UNIT_STATES: [&str; 3] = ["available", "held", "sold"];
@@ -242,6 +282,61 @@ impl Metrics {
         for kind in TRACKED_KINDS {
             tracked_skus.with_label_values(&[kind]);
         }
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "flashsale_redis_errors_total",
+                "Redis calls of requests that failed, by operation and kind (timeout, error)",
+            ),
+            &["op", "kind"],
+        )
+        .expect("valid metric");
+        for op in REDIS_OPS {
+            for kind in ["timeout", "error"] {
+                redis_errors.with_label_values(&[op, kind]);
+            }
+        }
+        let max_in_flight = IntGauge::new(
+            "flashsale_max_in_flight",
+            "The bound on requests with Redis calls in flight",
+        )
+        .expect("valid metric");
+        let sku_sold_out = IntGaugeVec::new(
+            Opts::new(
+                "flashsale_sku_sold_out",
+                "1 while the engine's sold-out flag of a SKU is up",
+            ),
+            &["sku"],
+        )
+        .expect("valid metric");
+        let sku_refusals = IntCounterVec::new(
+            Opts::new(
+                "flashsale_sku_refusals_total",
+                "Reserves and cart lines of a loaded SKU refused, by SKU and problem code",
+            ),
+            &["sku", "reason"],
+        )
+        .expect("valid metric");
+        let stream_backlog = IntGaugeVec::new(
+            Opts::new(
+                "flashsale_stream_backlog_entries",
+                "Entries of a shard stream not yet settled into the ledger",
+            ),
+            &["sku", "shard"],
+        )
+        .expect("valid metric");
+        let audits = IntCounterVec::new(
+            Opts::new(
+                "flashsale_audits_total",
+                "Quick audits by outcome (clean, drift, failed)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["clean", "drift", "failed"] {
+            audits.with_label_values(&[outcome]);
+        }
+        let fenced_skus = IntGauge::new("flashsale_fenced_skus", "SKUs a repair fences now")
+            .expect("valid metric");
         let settlement_behind = IntGauge::new(
             "flashsale_settlement_behind",
             "1 while reserves are refused because settlement into the ledger is behind",
@@ -271,6 +366,13 @@ impl Metrics {
             Box::new(sweep_deferred.clone()),
             Box::new(tracked_skus.clone()),
             Box::new(settlement_behind.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(max_in_flight.clone()),
+            Box::new(sku_sold_out.clone()),
+            Box::new(sku_refusals.clone()),
+            Box::new(stream_backlog.clone()),
+            Box::new(audits.clone()),
+            Box::new(fenced_skus.clone()),
         ] {
             registry.register(collector).expect("unique metric");
         }
@@ -311,19 +413,44 @@ impl Metrics {
             sweep_deferred,
             tracked_skus,
             settlement_behind,
+            redis_errors,
+            max_in_flight,
+            sku_sold_out,
+            sku_refusals,
+            stream_backlog,
+            audits,
+            fenced_skus,
         }
     }
 
-    /// Drops the `sku_units` series of every SKU not in `known` (retired, or forgotten):
-    /// the registry keeps series only of SKUs the engine knows.
-    pub fn keep_units_of(&self, known: BTreeSet<String>) {
+    /// Counts a refusal of a reserve or cart line of `sku` (a SKU the engine knows) under
+    /// `code`, if it is one of [`SKU_REFUSALS`].
+    pub fn sku_refused(&self, sku: &str, code: &str) {
+        if SKU_REFUSALS.contains(&code) {
+            self.sku_refusals.with_label_values(&[sku, code]).inc();
+        }
+    }
+
+    /// Makes the per-SKU series of each of `skus` exist (refusals at 0) and drops those of
+    /// every SKU not among them (retired, or forgotten): the registry keeps series only of
+    /// SKUs the engine knows, and has them from the start.
+    pub fn keep_skus(&self, skus: BTreeSet<String>) {
         let mut had = self.units_of.lock();
-        for gone in had.difference(&known) {
+        for gone in had.difference(&skus) {
             for state in UNIT_STATES {
                 let _ = self.sku_units.remove_label_values(&[gone, state]);
             }
+            for reason in SKU_REFUSALS {
+                let _ = self.sku_refusals.remove_label_values(&[gone, reason]);
+            }
+            let _ = self.sku_sold_out.remove_label_values(&[gone]);
         }
-        *had = known;
+        for sku in skus.difference(&had) {
+            for reason in SKU_REFUSALS {
+                self.sku_refusals.with_label_values(&[sku, reason]);
+            }
+        }
+        *had = skus;
     }
 
     /// Makes the reserve series of each of `callers` (and of [`ANONYMOUS`]) exist at 0, so

@@ -117,7 +117,7 @@ pub struct Turn {
 }
 
 /// Unsettled work over all streams.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backlog {
     /// Entries delivered and not acknowledged.
     pub pending: u64,
@@ -125,6 +125,17 @@ pub struct Backlog {
     pub undelivered: u64,
     /// Redis time of the oldest unsettled entry, ms since the epoch.
     pub oldest_ms: Option<u64>,
+    /// Entries pending or undelivered, stream by stream (every stream looked at).
+    pub streams: Vec<StreamBacklog>,
+}
+
+/// The unsettled entries of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamBacklog {
+    /// The stream's key.
+    pub key: String,
+    /// Entries delivered and not acknowledged, or not delivered yet.
+    pub entries: u64,
 }
 
 impl Backlog {
@@ -251,6 +262,11 @@ impl Reconciler {
 
     async fn commands(&self) -> Result<Resending, ReconcileError> {
         Ok(self.links().await?.commands)
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The ledger it writes.
@@ -585,6 +601,7 @@ impl Reconciler {
         };
         let mut pending = 0u64;
         let mut undelivered = 0u64;
+        let mut found = Vec::with_capacity(streams.len());
         for key in streams {
             let mut command = redis::cmd("XINFO");
             command.arg("GROUPS").arg(key);
@@ -597,6 +614,7 @@ impl Reconciler {
                 continue;
             };
             pending += group.pending as u64;
+            let mut entries = group.pending as u64;
             if group.pending > 0 {
                 let summary: (u64, Option<String>, Value, Value) = redis::cmd("XPENDING")
                     .arg(key)
@@ -618,11 +636,18 @@ impl Reconciler {
                 .unwrap_or_default();
             if let Some(first) = next.keys.first().and_then(|k| k.ids.first()) {
                 oldest(&first.id);
-                undelivered += group.lag.map_or(1, |lag| lag as u64).max(1);
+                let lag = group.lag.map_or(1, |lag| lag as u64).max(1);
+                undelivered += lag;
+                entries += lag;
             }
+            found.push(StreamBacklog {
+                key: key.clone(),
+                entries,
+            });
         }
         backlog.pending = pending;
         backlog.undelivered = undelivered;
+        backlog.streams = found;
         Ok(backlog)
     }
 

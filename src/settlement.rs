@@ -12,6 +12,7 @@
 //! past `--max-unsettled` (streams are trimmed only below what every group acknowledged,
 //! so a reconciler that stopped makes them grow, never lose an entry).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::admission::Admission;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::reconcile::{ReconcileOptions, Reconciler};
+use crate::reconcile::{Backlog, ReconcileOptions, Reconciler};
 use crate::recovery::repair::{repair_sku, stale_fences, SkuRepair};
 use crate::recovery::{quick_check, RecoveryError};
 use crate::store::Store;
@@ -99,6 +100,35 @@ pub fn spawn(
     })
 }
 
+/// Sets `flashsale_stream_backlog_entries` of every stream measured, and drops the series
+/// of streams no longer measured (a SKU retired); `published` is what the last call set.
+fn publish_streams(
+    watcher: &Reconciler,
+    metrics: &Metrics,
+    backlog: &Backlog,
+    published: &mut BTreeSet<[String; 2]>,
+) {
+    let keys = watcher.store().keys();
+    let mut now = BTreeSet::new();
+    for stream in &backlog.streams {
+        let Some((sku, shard)) = keys.events_shard(&stream.key) else {
+            continue;
+        };
+        let labels = [sku.to_string(), shard.to_string()];
+        metrics
+            .stream_backlog
+            .with_label_values(&[&labels[0], &labels[1]])
+            .set(stream.entries as i64);
+        now.insert(labels);
+    }
+    for gone in published.difference(&now) {
+        let _ = metrics
+            .stream_backlog
+            .remove_label_values(&[&gone[0], &gone[1]]);
+    }
+    *published = now;
+}
+
 /// Measures the backlog every housekeeping interval and hands it to admission, until
 /// `stop`. Needs only Redis, so it keeps reporting while the database is down, which is
 /// exactly when the backlog grows. A measurement that fails leaves the last one in force.
@@ -109,9 +139,11 @@ async fn watch_backlog(
     mut stop: watch::Receiver<bool>,
 ) {
     let every = ReconcileOptions::new().housekeeping;
+    let mut published = BTreeSet::new();
     while !*stop.borrow() {
         match watcher.measure().await {
             Ok(backlog) => {
+                publish_streams(&watcher, &metrics, &backlog, &mut published);
                 let was_behind = admission.settlement_behind();
                 admission.set_unsettled(backlog.pending + backlog.undelivered);
                 let behind = admission.settlement_behind();
@@ -146,6 +178,7 @@ async fn audit_loop(
             _ = stop.changed() => return,
         }
         if let Err(error) = audit_once(&store, &ledger, &metrics).await {
+            metrics.audits.with_label_values(&["failed"]).inc();
             tracing::warn!(%error, "quick audit failed");
         }
     }
@@ -157,7 +190,10 @@ async fn audit_once(
     ledger: &Ledger,
     metrics: &Metrics,
 ) -> Result<(), RecoveryError> {
-    for drift in quick_check(store, ledger).await? {
+    let drifts = quick_check(store, ledger).await?;
+    let outcome = if drifts.is_empty() { "clean" } else { "drift" };
+    metrics.audits.with_label_values(&[outcome]).inc();
+    for drift in drifts {
         metrics
             .audit_drifts
             .with_label_values(&[drift.kind.as_str()])

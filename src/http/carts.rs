@@ -188,6 +188,25 @@ async fn open(
         key,
         caller,
     };
+    take(&state, &request)
+        .await
+        .inspect_err(|error| match error {
+            // Each refused line under its own reason; a cart refused whole, under every line.
+            ApiError::Store(StoreError::CartRefused(lines)) => {
+                for line in lines {
+                    state.count_code(&line.sku, line.code);
+                }
+            }
+            error => {
+                for line in &request.lines {
+                    state.count_refusal(&line.sku, error);
+                }
+            }
+        })
+}
+
+/// A cart read and checked: every line through admission, then the store.
+async fn take(state: &AppState, request: &CartRequest) -> Result<Response, ApiError> {
     state.trusted()?;
     // Every line passes admission, from memory, before anything reaches Redis.
     let now = state.store.redis_now_ms();
@@ -218,13 +237,13 @@ async fn open(
     if !closed.is_empty() {
         // The key may have made a cart before these lines closed: a retry gets it back.
         let _permit = state.call_permit()?;
-        let replay = timed(&state, "read", state.store.replay_cart(&request)).await?;
+        let replay = timed(state, "read", state.store.replay_cart(request)).await?;
         return match replay {
             Some(opened) => Ok(cart_created(&opened.cart, opened.replayed)),
             None => Err(StoreError::CartRefused(closed).into()),
         };
     }
-    let opened = timed(&state, "cart", state.store.open_cart(&request)).await;
+    let opened = timed(state, "cart", state.store.open_cart(request)).await;
     drop(permits);
     for line in &request.lines {
         state.learn(&line.sku).await;

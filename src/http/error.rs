@@ -214,6 +214,16 @@ impl ApiError {
         }
     }
 
+    /// The code of a refusal by admission or the store (cheap: no problem is built).
+    pub fn refusal_code(&self) -> Option<&'static str> {
+        match self {
+            Self::Refused(refusal) => Some(refusal.code()),
+            Self::Store(error) => Some(error.code()),
+            Self::ReserveUnanswered(inner) => inner.refusal_code(),
+            _ => None,
+        }
+    }
+
     fn parts(&self) -> Parts {
         use StatusCode as S;
         if let Self::ReserveUnanswered(inner) = self {

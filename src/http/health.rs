@@ -112,9 +112,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .set(n as i64);
     }
     let gates = state.admission.gates();
-    for (sku, _) in &gates {
+    let mut fenced = 0;
+    for (sku, gate) in &gates {
+        state
+            .metrics
+            .sku_sold_out
+            .with_label_values(&[sku.as_str()])
+            .set(i64::from(gate.is_sold_out()));
         // A SKU that cannot be read now keeps its last figures.
         if let Ok(totals) = state.store.totals(sku).await {
+            fenced += i64::from(totals.fenced);
             for (name, value) in [
                 ("available", totals.available),
                 ("held", totals.held),
@@ -128,9 +135,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     }
+    state.metrics.fenced_skus.set(fenced);
     state
         .metrics
-        .keep_units_of(gates.iter().map(|(sku, _)| sku.to_string()).collect());
+        .keep_skus(gates.iter().map(|(sku, _)| sku.to_string()).collect());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -11,6 +11,7 @@ mod health;
 mod number;
 mod reservations;
 mod retired;
+mod sku_list;
 mod skus;
 
 use std::future::Future;
@@ -121,6 +122,21 @@ impl AppState {
             .map_err(|r| self.refused(r))
     }
 
+    /// Counts `error`, the answer to a reserve or cart line of `sku`, as a refusal of the
+    /// SKU, if the engine knows the SKU (a name made up gets no series of its own).
+    fn count_refusal(&self, sku: &crate::ids::Sku, error: &ApiError) {
+        if let Some(code) = error.refusal_code() {
+            self.count_code(sku, code);
+        }
+    }
+
+    /// Counts a refusal of `sku` under `code`, if the engine knows the SKU.
+    fn count_code(&self, sku: &crate::ids::Sku, code: &str) {
+        if self.admission.gate(sku).is_some() {
+            self.metrics.sku_refused(sku.as_str(), code);
+        }
+    }
+
     /// Gives admission a gate for `sku` if it has none yet, from the configuration the
     /// store call just read: the next refusal of it can then come from memory.
     async fn learn(&self, sku: &crate::ids::Sku) {
@@ -206,6 +222,7 @@ fn client_routes() -> OpenApiRouter<AppState> {
 /// Every other route: the SKUs (admin writes, public reads) and operations.
 fn other_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(sku_list::list_skus))
         .routes(routes!(skus::put_sku, skus::get_sku, skus::retire_sku))
         .routes(routes!(skus::restock))
         .routes(routes!(health::healthz))
@@ -393,6 +410,9 @@ impl Application {
             .context("bad --client-token, --client-tokens-file or FLASHSALE_CLIENT_TOKENS")?
             .map(Arc::new);
         let metrics = Arc::new(Metrics::new());
+        metrics
+            .max_in_flight
+            .set(config.max_in_flight.max(1) as i64);
         metrics.know_callers(client_tokens.iter().flat_map(|tokens| tokens.names()));
         // Joined before serving, so that the first request is admitted at this engine's share.
         let registry = Registry::join(

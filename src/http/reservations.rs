@@ -161,6 +161,18 @@ pub(super) async fn timed<T>(
         .redis_seconds
         .with_label_values(&[op])
         .observe(started.elapsed().as_secs_f64());
+    if let Err(StoreError::Redis(error)) = &result {
+        let kind = if error.is_timeout() {
+            "timeout"
+        } else {
+            "error"
+        };
+        state
+            .metrics
+            .redis_errors
+            .with_label_values(&[op, kind])
+            .inc();
+    }
     result
 }
 
@@ -251,6 +263,13 @@ async fn hold(
         key,
         caller,
     };
+    take(&state, &request)
+        .await
+        .inspect_err(|error| state.count_refusal(&request.sku, error))
+}
+
+/// A reserve read and checked: admission, then the store.
+async fn take(state: &AppState, request: &ReserveRequest) -> Result<Response, ApiError> {
     state.trusted()?;
     let permit = state
         .admission
@@ -261,7 +280,7 @@ async fn hold(
             state.store.redis_now_ms(),
         )
         .map_err(|refusal| state.refused(refusal))?;
-    let result = timed(&state, "reserve", state.store.reserve(&request)).await;
+    let result = timed(state, "reserve", state.store.reserve(request)).await;
     drop(permit);
     state.learn(&request.sku).await;
     let reserved = match result {
@@ -270,7 +289,7 @@ async fn hold(
             state.sold_out(&request.sku);
             return Err(StoreError::SoldOut.into());
         }
-        Err(StoreError::UnknownSku) if super::retired::is_retired(&state, &request.sku).await => {
+        Err(StoreError::UnknownSku) if super::retired::is_retired(state, &request.sku).await => {
             return Err(StoreError::Retired.into());
         }
         Err(error) => return Err(error.into()),

@@ -190,7 +190,7 @@ fn hold(seconds: Option<f64>) -> Result<Duration, ApiError> {
         })
 }
 
-async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> {
+pub(super) async fn current_view(state: &AppState, sku: &Sku) -> Result<SkuView, ApiError> {
     let config = match state.store.config(sku).await {
         Err(StoreError::UnknownSku) => {
             return super::retired::sku_view(state, sku)

@@ -4,6 +4,8 @@
 mod bounds;
 mod callers;
 mod carts;
+mod listing;
+mod metrics;
 mod routes;
 mod rules;
 mod shedding;

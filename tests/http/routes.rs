@@ -530,6 +530,7 @@ async fn health_readiness_metrics_and_the_spec() {
     let spec = get("/openapi.json").await.body;
     assert_eq!(spec["openapi"].as_str().map(|v| &v[..2]), Some("3."));
     for (method, path) in [
+        ("get", "/v1/skus"),
         ("put", "/v1/skus/{sku}"),
         ("get", "/v1/skus/{sku}"),
         ("post", "/v1/skus/{sku}/restock"),

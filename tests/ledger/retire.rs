@@ -83,20 +83,25 @@ async fn assert_gone(store: &Store, sku: &str, shards: u16, when: &str) {
 /// Asserts that the engine, whose only SKU was retired, keeps nothing in memory for SKUs
 /// (its limiter entry goes at the next reload once refilled: waited for, up to 10 s).
 async fn assert_untracked(app: &TestApp, when: &str) {
-    let page = app.metrics().await;
-    assert!(
-        !page.contains(r#"sku="gone""#),
-        "{when}: series of the retired SKU left: {page}"
-    );
-    let mut tracked = app.tracked().await;
+    // The stream backlog's series go at the next measurement (every second).
+    let mut left = (String::new(), std::collections::BTreeMap::new());
     for _ in 0..200 {
-        if tracked.values().all(|n| *n == 0) {
+        let page = app.metrics().await;
+        let series: Vec<&str> = page
+            .lines()
+            .filter(|l| l.contains(r#"sku="gone""#))
+            .collect();
+        let tracked = app.tracked().await;
+        if series.is_empty() && tracked.values().all(|n| *n == 0) {
             return;
         }
+        left = (series.join("\n"), tracked);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        tracked = app.tracked().await;
     }
-    panic!("{when}: the engine still keeps {tracked:?}");
+    panic!(
+        "{when}: the engine still keeps {:?} and these series:\n{}",
+        left.1, left.0
+    );
 }
 
 /// Polls `GET /v1/skus/{sku}` until its status is `status`; panics after a minute.
@@ -274,6 +279,15 @@ async fn a_sale_run_to_retirement(url: String) {
     // The quick audit (every second) and a full audit with repair do not bring it back.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_gone(&store, "gone", shards, "after quick audits").await;
+    let page = app.metrics().await;
+    assert!(
+        series(&page, "flashsale_audits_total", r#"outcome="clean""#).unwrap() >= 1.0,
+        "{page}"
+    );
+    assert_eq!(
+        series(&page, "flashsale_audits_total", r#"outcome="drift""#),
+        Some(0.0)
+    );
     let report = audit::run(&store, &ledger, None, true).await.unwrap();
     assert!(report.drifts.is_empty(), "{report}");
     assert_gone(&store, "gone", shards, "after audit --repair").await;
