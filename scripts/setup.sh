@@ -3,8 +3,8 @@
 # machine lacks; does nothing when everything is there.
 #
 #   scripts/setup.sh sale    redis-server (scripts/sale.sh, serve.sh, demo.sh)
-#   scripts/setup.sh test    that, plus redis-cli, libfaketime, PostgreSQL and Python's venv
-#                            (scripts/test.sh)
+#   scripts/setup.sh test    that, plus redis-cli, libfaketime, PostgreSQL, Python's venv,
+#                            Chromium and its WebDriver, and Prometheus (scripts/test.sh)
 #   scripts/setup.sh lint    shellcheck (.ci/run)
 #
 # Works as root or through sudo, with or without /usr/sbin/policy-rc.d. Installing never
@@ -44,6 +44,11 @@ case "$1" in
     need postgresql has_initdb
     # The contract test installs schemathesis from PyPI into a venv under target/.
     need python3-venv has_venv
+    # The sale page's test drives a headless Chromium through its WebDriver.
+    need chromium command -v chromium
+    need chromium-driver command -v chromedriver
+    # The rules' tests run promtool; the dashboard's test scrapes with a real Prometheus.
+    need prometheus command -v promtool
     ;;
   lint)
     need shellcheck command -v shellcheck

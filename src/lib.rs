@@ -27,6 +27,7 @@
 //! - [`store`]: the typed API over the scripts ([`store::Store`]), stock moves included.
 //! - [`topology`]: one Redis or a Redis Cluster, and the connection over either.
 //! - [`maintenance`]: the background sweeper and move recovery.
+//! - [`live`]: the sampled last minutes of each SKU's counters, for the sale page.
 //! - [`registry`]: the engines sharing one Redis, their heartbeats and rate shares.
 //!
 //! See `ARCHITECTURE.md` for the invariants.
@@ -41,6 +42,7 @@ pub mod http;
 pub mod ids;
 pub mod keys;
 pub mod ledger;
+pub mod live;
 pub mod maintenance;
 pub mod metrics;
 pub mod reconcile;

@@ -86,6 +86,8 @@ pub struct Metrics {
     /// Reserves and cart lines of a loaded SKU refused, by SKU and problem code (every
     /// code of [`SKU_REFUSALS`] present at 0 for every SKU the engine knows).
     pub sku_refusals: IntCounterVec,
+    /// Reserves and cart lines of a loaded SKU that made a hold (replays included), by SKU.
+    pub sku_reserves: IntCounterVec,
     /// Unsettled entries per shard stream, at the last measurement.
     pub stream_backlog: IntGaugeVec,
     /// Quick audits by outcome (`clean`, `drift`, `failed`).
@@ -316,6 +318,14 @@ impl Metrics {
             &["sku", "reason"],
         )
         .expect("valid metric");
+        let sku_reserves = IntCounterVec::new(
+            Opts::new(
+                "flashsale_sku_reserves_total",
+                "Reserves and cart lines of a loaded SKU that made a hold, by SKU",
+            ),
+            &["sku"],
+        )
+        .expect("valid metric");
         let stream_backlog = IntGaugeVec::new(
             Opts::new(
                 "flashsale_stream_backlog_entries",
@@ -370,6 +380,7 @@ impl Metrics {
             Box::new(max_in_flight.clone()),
             Box::new(sku_sold_out.clone()),
             Box::new(sku_refusals.clone()),
+            Box::new(sku_reserves.clone()),
             Box::new(stream_backlog.clone()),
             Box::new(audits.clone()),
             Box::new(fenced_skus.clone()),
@@ -417,6 +428,7 @@ impl Metrics {
             max_in_flight,
             sku_sold_out,
             sku_refusals,
+            sku_reserves,
             stream_backlog,
             audits,
             fenced_skus,
@@ -444,8 +456,10 @@ impl Metrics {
                 let _ = self.sku_refusals.remove_label_values(&[gone, reason]);
             }
             let _ = self.sku_sold_out.remove_label_values(&[gone]);
+            let _ = self.sku_reserves.remove_label_values(&[gone]);
         }
         for sku in skus.difference(&had) {
+            self.sku_reserves.with_label_values(&[sku]);
             for reason in SKU_REFUSALS {
                 self.sku_refusals.with_label_values(&[sku, reason]);
             }

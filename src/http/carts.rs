@@ -254,6 +254,9 @@ async fn take(state: &AppState, request: &CartRequest) -> Result<Response, ApiEr
         }
     }
     let opened = opened?;
+    for line in &request.lines {
+        state.count_hold(&line.sku);
+    }
     Ok(cart_created(&opened.cart, opened.replayed))
 }
 

@@ -13,6 +13,7 @@ mod reservations;
 mod retired;
 mod sku_list;
 mod skus;
+mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ use crate::admission::{Admission, Refusal};
 use crate::callers::ClientTokens;
 use crate::config::ServeConfig;
 use crate::ledger::Ledger;
+use crate::live::LiveSale;
 use crate::metrics::Metrics;
 use crate::recovery::identity;
 use crate::registry::Registry;
@@ -95,6 +97,8 @@ pub struct Shared {
     pub ledger: Arc<OnceCell<Ledger>>,
     /// This engine's entry in the engine registry, and its shares of the rates.
     pub registry: Arc<Registry>,
+    /// The sampled last minutes of the sale, for the sale page.
+    pub live: Arc<LiveSale>,
 }
 
 impl AppState {
@@ -127,6 +131,16 @@ impl AppState {
     fn count_refusal(&self, sku: &crate::ids::Sku, error: &ApiError) {
         if let Some(code) = error.refusal_code() {
             self.count_code(sku, code);
+        }
+    }
+
+    /// Counts a hold made of `sku`, if the engine knows the SKU.
+    fn count_hold(&self, sku: &crate::ids::Sku) {
+        if self.admission.gate(sku).is_some() {
+            self.metrics
+                .sku_reserves
+                .with_label_values(&[sku.as_str()])
+                .inc();
         }
     }
 
@@ -297,6 +311,7 @@ pub fn router(state: AppState) -> Router {
         )),
     });
     routes
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -432,6 +447,7 @@ impl Application {
             openapi: Arc::new(openapi_json()),
             ledger: Arc::default(),
             registry,
+            live: Arc::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let settlement = database_url.clone().map(|database_url| {
@@ -472,6 +488,7 @@ impl Application {
                 state.metrics.clone(),
                 config.retire_after(),
             ),
+            state.live.spawn(state.metrics.clone(), admission.clone()),
             gates::spawn(store, admission, config.sold_out_poll(), trust),
         ];
         Ok(Self {
@@ -502,6 +519,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // The sale page's streams never end by themselves: they end when shutdown begins,
+        // so that the graceful shutdown can finish.
+        let live = self.state.live.clone();
+        let shutdown = async move {
+            shutdown.await;
+            live.close();
+        };
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -294,6 +294,7 @@ async fn take(state: &AppState, request: &ReserveRequest) -> Result<Response, Ap
         }
         Err(error) => return Err(error.into()),
     };
+    state.count_hold(&request.sku);
     let mut response = (
         StatusCode::CREATED,
         Json(ReservationView::from(&reserved.reservation)),

@@ -49,8 +49,8 @@ pub use repair::{RestoreOutcome, ShardImage, ShardRules, ShardSnapshot};
 pub use retire::Retirement;
 pub use types::{
     Cart, CartLine, CartLineRequest, CartOpened, CartRequest, CartState, HoldState, LineRefusal,
-    Loaded, Reservation, ReserveRequest, Reserved, SkuConfig, SkuSpec, SweepReport, Totals,
-    TrackedByStore, MAX_CART_LINES, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
+    Loaded, Reservation, ReserveRequest, Reserved, ShardUnits, SkuConfig, SkuSpec, SweepReport,
+    Totals, TrackedByStore, MAX_CART_LINES, MAX_HOLD, MAX_PER_USER_LIMIT, MAX_STOCK,
 };
 
 /// How often a reserve goes round "shard empty, move stock here, try again" before it

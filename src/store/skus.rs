@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Loaded, QuantityBound, SkuConfig, SkuSpec, Store, StoreError, Totals, TrackedByStore};
+use super::{
+    Loaded, QuantityBound, ShardUnits, SkuConfig, SkuSpec, Store, StoreError, Totals,
+    TrackedByStore,
+};
 use super::{MAX_RESERVE_ROUNDS, MAX_STOCK};
 use crate::ids::{random_token, OpId, Sku};
 use crate::scripts::ScriptCode;
@@ -318,6 +321,24 @@ impl Store {
             }
         }
         Ok(totals)
+    }
+
+    /// Every shard's units now (each shard read in one atomic call, all at once).
+    pub async fn shard_units(&self, sku: &Sku) -> Result<Vec<ShardUnits>, StoreError> {
+        let config = self.config(sku).await?;
+        let reads = (0..config.ever_shards).map(|shard| self.shard_counters(sku, shard));
+        let shards = futures::future::try_join_all(reads).await?;
+        Ok((0..config.ever_shards)
+            .zip(shards)
+            .map(|(shard, c)| ShardUnits {
+                shard,
+                stock: (c.loaded + c.restocked + c.moved_in).saturating_sub(c.moved_out),
+                available: c.available,
+                held: c.held,
+                sold: c.sold,
+                fenced: c.fenced,
+            })
+            .collect())
     }
 
     /// One shard's counters, in one atomic call on its slot.

@@ -375,3 +375,21 @@ pub struct TrackedByStore {
     /// Refill locks, one per (SKU, shard) that ran short.
     pub refill_locks: usize,
 }
+
+/// One shard's units, as the sale page draws them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct ShardUnits {
+    /// The shard.
+    pub shard: u16,
+    /// Units it was given: its part of the load, restocks, and what moved in, less what
+    /// moved out.
+    pub stock: u64,
+    /// Units available there now.
+    pub available: u64,
+    /// Units held there.
+    pub held: u64,
+    /// Units sold there.
+    pub sold: u64,
+    /// Whether a repair fences it.
+    pub fenced: bool,
+}

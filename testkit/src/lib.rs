@@ -7,8 +7,10 @@
 //! - [`LocalCluster`]: a Redis Cluster of `redis-server --cluster-enabled yes` nodes,
 //!   joined by `redis-cli --cluster create`, with failover and slot moves on demand.
 //! - [`LocalPostgres`]: a PostgreSQL cluster of its own (`initdb`, `pg_ctl`).
+//! - [`LocalBrowser`]: a headless Chromium behind Debian's `chromedriver`.
 //! - [`free_port`]: a loopback port nobody listens on.
 
+mod browser;
 mod cluster;
 mod postgres;
 mod redis;
@@ -18,6 +20,7 @@ use std::io;
 use std::net::TcpListener;
 use std::path::PathBuf;
 
+pub use browser::LocalBrowser;
 pub use cluster::{ClusterNode, LocalCluster, LocalClusterOptions, Role, SLOTS};
 pub use postgres::LocalPostgres;
 pub use redis::{evalsha_stats, Fsync, LocalRedis, LocalRedisOptions};

@@ -1,4 +1,5 @@
-//! The `flashsale serve` process: SIGTERM lets the requests in flight finish, then exits.
+//! The `flashsale serve` process: SIGTERM lets the requests in flight finish, ends the sale
+//! page's event streams, then exits.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -73,6 +74,14 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
                 .await
         }
     });
+    // A sale page is open: its event stream never ends by itself.
+    let page = client
+        .get(format!("{base}/ui/events?sku=tv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["content-type"], "text/event-stream");
     tokio::time::sleep(Duration::from_millis(200)).await;
     Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -85,6 +94,12 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .expect("the request in flight was answered");
     assert_eq!(reply.status(), StatusCode::CREATED);
     stall.join().unwrap();
+    // The stream ends when shutdown begins, or the shutdown would wait for it for ever.
+    let events = tokio::time::timeout(Duration::from_secs(20), page.text())
+        .await
+        .expect("the page's event stream ended")
+        .unwrap_or_default();
+    assert!(events.contains("event: figures"), "{events}");
     let status = tokio::task::spawn_blocking(move || server.wait())
         .await
         .unwrap()
