@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. Every test starts the real servers it needs (redis-server on a free
 # port in a temporary directory, a Redis Cluster of such servers, PostgreSQL with
-# initdb/pg_ctl, schemathesis from PyPI) and stops them. Then a short sale through the load
+# initdb/pg_ctl, schemathesis from PyPI, a headless Chromium behind chromedriver, a
+# Prometheus) and stops them. Then a short sale through the load
 # harness, with all its invariant checks, on one Redis and again on a Redis Cluster through
 # two engines.
 # It reuses the build of scripts/sale.sh (one profile for both) and compiles only the tests.
@@ -22,6 +23,10 @@ chmod 755 "$scratch"
 export TMPDIR="$scratch"
 
 cargo test --workspace "$@"
+# The monitoring under deploy/: promtool checks the rules and runs their unit tests, and the
+# dashboard's queries are checked against the metrics the engine exports (the Prometheus
+# test above ran them against a real engine).
+scripts/check-deploy.sh
 # The store's contract tests again, on a 3-master Redis Cluster.
 FLASHSALE_TEST_TOPOLOGY=cluster cargo test --test core "$@"
 target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml \

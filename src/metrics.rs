@@ -81,7 +81,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// The bound on requests with Redis calls in flight (`--max-in-flight`).
     pub max_in_flight: IntGauge,
-    /// 1 while the engine's sold-out flag of a SKU is up, read at scrape time.
+    /// 1 while the engine's sold-out flag of a SKU in its window is up, read at scrape time
+    /// (an ended SKU's flag is not kept up to date, and reads 0).
     pub sku_sold_out: IntGaugeVec,
     /// Reserves and cart lines of a loaded SKU refused, by SKU and problem code (every
     /// code of [`SKU_REFUSALS`] present at 0 for every SKU the engine knows).

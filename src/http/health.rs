@@ -112,13 +112,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             .set(n as i64);
     }
     let gates = state.admission.gates();
+    let now = state.store.redis_now_ms();
     let mut fenced = 0;
     for (sku, gate) in &gates {
+        // An ended SKU's flag is not kept up to date (nothing can be reserved of it).
+        let flag_up = gate.is_sold_out() && !gate.has_ended(now);
         state
             .metrics
             .sku_sold_out
             .with_label_values(&[sku.as_str()])
-            .set(i64::from(gate.is_sold_out()));
+            .set(i64::from(flag_up));
         // A SKU that cannot be read now keeps its last figures.
         if let Ok(totals) = state.store.totals(sku).await {
             fenced += i64::from(totals.fenced);

@@ -7,12 +7,14 @@
 //! - [`LocalCluster`]: a Redis Cluster of `redis-server --cluster-enabled yes` nodes,
 //!   joined by `redis-cli --cluster create`, with failover and slot moves on demand.
 //! - [`LocalPostgres`]: a PostgreSQL cluster of its own (`initdb`, `pg_ctl`).
+//! - [`LocalPrometheus`]: a Prometheus server scraping given targets every second.
 //! - [`LocalBrowser`]: a headless Chromium behind Debian's `chromedriver`.
 //! - [`free_port`]: a loopback port nobody listens on.
 
 mod browser;
 mod cluster;
 mod postgres;
+mod prometheus;
 mod redis;
 mod resp;
 
@@ -23,6 +25,7 @@ use std::path::PathBuf;
 pub use browser::LocalBrowser;
 pub use cluster::{ClusterNode, LocalCluster, LocalClusterOptions, Role, SLOTS};
 pub use postgres::LocalPostgres;
+pub use prometheus::LocalPrometheus;
 pub use redis::{evalsha_stats, Fsync, LocalRedis, LocalRedisOptions};
 
 /// A loopback port that was free a moment ago: bound and released, so that a server can

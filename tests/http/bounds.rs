@@ -86,6 +86,8 @@ async fn a_sold_out_sku_is_polled_while_live_and_not_once_its_window_ended() {
     // Live and sold out: its shards are read every poll (HLEN of the moves hash is one of
     // the poll's reads) for units that come back.
     let polls = || calls_of(&app, "hlen");
+    let flag = |page: String| series(&page, "flashsale_sku_sold_out", r#"sku="tv""#);
+    assert_eq!(flag(app.metrics().await), Some(1.0));
     let tracked = app.tracked().await;
     assert_eq!(
         (tracked["queues"], tracked["refill_locks"]),
@@ -103,6 +105,8 @@ async fn a_sold_out_sku_is_polled_while_live_and_not_once_its_window_ended() {
     let before = polls();
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     assert_eq!(polls(), before, "an ended SKU was polled");
+    // Its flag is not kept up to date any more: it reads as down.
+    assert_eq!(flag(app.metrics().await), Some(0.0));
     // What served its reserves is gone; what answers for it stays until it is retired.
     let tracked = app.tracked().await;
     assert_eq!(
