@@ -1,5 +1,5 @@
-//! Extractors whose rejections are problems: a JSON body, a path, the admin token; and the
-//! client-token layer of the reservation and cart routes, with the caller it finds.
+//! Extractors whose rejections are problems: a JSON body, a path, a query, the admin token;
+//! and the client-token layer of the reservation and cart routes, with the caller it finds.
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -55,6 +55,24 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let axum::extract::Path(value) =
             axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// A query string; one that cannot be read is a 400 `invalid_query` problem naming why.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state)
+                .await
+                .map_err(|rejection| ApiError::BadRequest {
+                    code: "invalid_query",
+                    detail: rejection.body_text(),
+                })?;
         Ok(Self(value))
     }
 }

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::extract::ApiQuery;
 use super::skus::{current_view, SkuStatus, SkuView};
 use super::{ApiError, AppState, Problem};
 use crate::ids::Sku;
@@ -114,14 +115,25 @@ impl TryFrom<ListQuery> for Wanted {
 )]
 pub async fn list_skus(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<SkuPage>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest {
-        code: "invalid_query",
-        detail: rejection.body_text(),
-    })?;
     let wanted = Wanted::try_from(query)?;
     let _permit = state.call_permit()?;
+    Ok(Json(page(&state, &wanted).await?))
+}
+
+/// The first page of every SKU, whatever its status (the sale page's list).
+pub(super) async fn first_page(state: &AppState) -> Result<SkuPage, ApiError> {
+    let wanted = Wanted {
+        status: None,
+        limit: MAX_PAGE,
+        after: None,
+    };
+    page(state, &wanted).await
+}
+
+/// The page `wanted` asks for.
+async fn page(state: &AppState, wanted: &Wanted) -> Result<SkuPage, ApiError> {
     let mut names: BTreeSet<Sku> = state.store.skus().await?.into_iter().collect();
     if let Some(ledger) = state.ledger.get() {
         // The ledger being down leaves the retired SKUs out, not the list.
@@ -138,7 +150,7 @@ pub async fn list_skus(
             next = skus.last().map(|view: &SkuView| view.sku.clone());
             break;
         }
-        let view = match current_view(&state, sku).await {
+        let view = match current_view(state, sku).await {
             Ok(view) => view,
             // Retired or replaced between the listing and its read.
             Err(ApiError::Store(crate::store::StoreError::UnknownSku)) => continue,
@@ -148,5 +160,5 @@ pub async fn list_skus(
             skus.push(view);
         }
     }
-    Ok(Json(SkuPage { skus, next }))
+    Ok(SkuPage { skus, next })
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse};
@@ -16,6 +16,7 @@ use axum::Router;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 
+use super::extract::ApiQuery;
 use super::skus::{current_view, SkuView};
 use super::{ApiError, AppState};
 use crate::admission::Refusal;
@@ -141,24 +142,23 @@ async fn sku_event(state: &AppState, sku: &Sku, after_ms: u64) -> (Event, u64) {
     }
 }
 
-/// Every SKU's event.
+/// Every SKU's event: the first page of `GET /v1/skus`.
 async fn index_event(state: &AppState) -> Event {
-    let mut skus = Vec::new();
-    for (sku, _) in state.admission.gates() {
-        if let Ok(view) = current_view(state, &sku).await {
-            skus.push(view);
-        }
+    match super::sku_list::first_page(state).await {
+        Ok(page) => json_event(
+            "figures",
+            &IndexFigures {
+                at_ms: now_ms(),
+                skus: page.skus,
+                settlement: settlement(state),
+                audit: state.live.last_audit(),
+            },
+        ),
+        Err(error) => json_event(
+            "unavailable",
+            &serde_json::json!({ "detail": error.to_string() }),
+        ),
     }
-    skus.sort_by(|a, b| a.sku.cmp(&b.sku));
-    json_event(
-        "figures",
-        &IndexFigures {
-            at_ms: now_ms(),
-            skus,
-            settlement: settlement(state),
-            audit: state.live.last_audit(),
-        },
-    )
 }
 
 fn json_event(name: &str, data: &impl Serialize) -> Event {
@@ -172,12 +172,8 @@ fn json_event(name: &str, data: &impl Serialize) -> Event {
 /// most [`crate::live::MAX_VIEWERS`] pages at once (503 past them).
 async fn events(
     State(state): State<AppState>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let Query(query) = query.map_err(|rejection| ApiError::BadRequest {
-        code: "invalid_query",
-        detail: rejection.body_text(),
-    })?;
     let sku = query.sku.map(Sku::new).transpose()?;
     let viewer = state
         .live

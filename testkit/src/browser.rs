@@ -1,14 +1,12 @@
 //! A headless Chromium behind its WebDriver: Debian's `chromedriver` on a free loopback
-//! port, in a process group of its own so that the browsers it starts go with it, and a
-//! browser profile in a temporary directory.
+//! port, and a browser profile in a temporary directory; the browsers it started go with
+//! it.
 
 use std::io;
-use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, wait_listening};
 
 /// How long chromedriver may take to listen.
 const START_WITHIN: Duration = Duration::from_secs(20);
@@ -34,7 +32,6 @@ impl LocalBrowser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
             .spawn()
             .map_err(|e| {
                 io::Error::new(
@@ -49,16 +46,7 @@ impl LocalBrowser {
             port,
             profile,
         };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > START_WITHIN {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "chromedriver did not listen in time",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, START_WITHIN, "chromedriver")?;
         Ok(browser)
     }
 
@@ -85,10 +73,11 @@ impl LocalBrowser {
 
 impl Drop for LocalBrowser {
     fn drop(&mut self) {
-        // The whole group: chromedriver and any Chromium a failed test left open.
-        let _ = Command::new("kill")
+        // Any Chromium a failed test left open (its renderers go with it), then the driver.
+        let _ = Command::new("pkill")
             .arg("-KILL")
-            .arg(format!("-{}", self.driver.id()))
+            .arg("-P")
+            .arg(self.driver.id().to_string())
             .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();

@@ -34,6 +34,22 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Waits until something listens on loopback `port`, up to `within`; `what` names it in
+/// the error.
+pub(crate) fn wait_listening(port: u16, within: std::time::Duration, what: &str) -> io::Result<()> {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if started.elapsed() > within {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} did not listen within {within:?}"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// The `redis-server` binary: `$FLASHSALE_REDIS_SERVER`, or the one on `PATH`.
 pub(crate) fn redis_server_binary() -> PathBuf {
     std::env::var_os("FLASHSALE_REDIS_SERVER")

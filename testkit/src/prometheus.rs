@@ -3,12 +3,11 @@
 //! directory.
 
 use std::io;
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::free_port;
+use crate::{free_port, wait_listening};
 
 /// How long Prometheus may take to listen.
 const START_WITHIN: Duration = Duration::from_secs(30);
@@ -87,16 +86,7 @@ impl LocalPrometheus {
             port,
             _dir: dir,
         };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > START_WITHIN {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "prometheus did not listen in time",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(port, START_WITHIN, "prometheus")?;
         Ok(prometheus)
     }
 

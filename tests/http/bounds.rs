@@ -1,7 +1,7 @@
 //! What an engine keeps in memory is bounded by the SKUs loaded: requests naming SKUs that
 //! do not exist leave nothing behind.
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::*;
@@ -30,15 +30,8 @@ async fn two_hundred_made_up_sku_names_leave_no_engine_memory() {
         assert_eq!(app.get(&id).await.status, StatusCode::NOT_FOUND);
         let read = app.get_sku(&sku).await;
         assert_eq!(read.status, StatusCode::NOT_FOUND, "{:?}", read.body);
-        let cart = app
-            .call(
-                Method::POST,
-                "/v1/carts",
-                "/v1/carts",
-                &[("idempotency-key", &format!("c{n}"))],
-                Some(json!({ "user_id": "ann", "lines": [{ "sku": sku, "quantity": 1 }] })),
-            )
-            .await;
+        let lines = json!({ "user_id": "ann", "lines": [{ "sku": sku, "quantity": 1 }] });
+        let cart = app.open_cart(&format!("c{n}"), lines).await;
         assert_eq!(cart.status, StatusCode::NOT_FOUND, "{:?}", cart.body);
     }
     let mut after = app.tracked().await;

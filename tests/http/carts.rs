@@ -6,14 +6,7 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 async fn open(app: &TestApp, key: &str, body: Value) -> Reply {
-    app.call(
-        Method::POST,
-        "/v1/carts",
-        "/v1/carts",
-        &[("idempotency-key", key)],
-        Some(body),
-    )
-    .await
+    app.open_cart(key, body).await
 }
 
 async fn on_cart(app: &TestApp, method: Method, id: &str, action: &str) -> Reply {

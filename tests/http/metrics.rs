@@ -4,20 +4,9 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::*;
+use flashsale::metrics::SKU_REFUSALS;
 
-const REASONS: [&str; 10] = [
-    "sold_out",
-    "insufficient_stock",
-    "limit_exceeded",
-    "sale_not_started",
-    "sale_ended",
-    "rate_limited",
-    "unavailable",
-    "settlement_behind",
-    "too_many_keys",
-    "reservation_cancelled",
-];
+use crate::support::*;
 
 fn refusals(page: &str, sku: &str, reason: &str) -> Option<f64> {
     series(
@@ -33,7 +22,7 @@ async fn refusals_are_counted_by_sku_and_reason_from_the_load_on() {
     app.put_sku("tv", json!({ "stock": 1 })).await;
     app.put_sku("radio", json!({ "stock": 5 })).await;
     let page = app.metrics().await;
-    for reason in REASONS {
+    for reason in SKU_REFUSALS {
         assert_eq!(refusals(&page, "tv", reason), Some(0.0), "{reason}");
     }
     assert_eq!(

@@ -267,6 +267,18 @@ impl TestApp {
         .await
     }
 
+    /// Opens a cart with `key` and any body.
+    pub async fn open_cart(&self, key: &str, body: Value) -> Reply {
+        self.call(
+            Method::POST,
+            "/v1/carts",
+            "/v1/carts",
+            &[("idempotency-key", key)],
+            Some(body),
+        )
+        .await
+    }
+
     /// The engine's `/metrics` page.
     pub async fn metrics(&self) -> String {
         self.client

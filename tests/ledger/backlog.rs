@@ -127,12 +127,9 @@ async fn a_sale_with_the_reconciler_stopped_is_refused_at_the_backlog_and_loses_
 
     // A cart is refused alike; a confirm of a hold goes on.
     let cart = app
-        .call(
-            Method::POST,
-            "/v1/carts",
-            "/v1/carts",
-            &[("idempotency-key", "c")],
-            Some(json!({ "user_id": "cy", "lines": [{ "sku": "tv", "quantity": 1 }] })),
+        .open_cart(
+            "c",
+            json!({ "user_id": "cy", "lines": [{ "sku": "tv", "quantity": 1 }] }),
         )
         .await;
     assert_eq!(

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flashsale_testkit::LocalPrometheus;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use support::*;
@@ -196,15 +196,9 @@ async fn every_rule_and_dashboard_query_has_data_from_a_real_engine() {
                     _ => {}
                 }
             }
-            let cart = app
-                .call(
-                    Method::POST,
-                    "/v1/carts",
-                    "/v1/carts",
-                    &[("idempotency-key", &format!("c{n}"))],
-                    Some(json!({ "user_id": format!("c{n}"), "lines": [{ "sku": "case", "quantity": 1 }] })),
-                )
-                .await;
+            let lines =
+                json!({ "user_id": format!("c{n}"), "lines": [{ "sku": "case", "quantity": 1 }] });
+            let cart = app.open_cart(&format!("c{n}"), lines).await;
             assert!(
                 cart.status.is_success() || cart.status == StatusCode::CONFLICT,
                 "{:?}",
