@@ -110,7 +110,8 @@ impl Default for LiveSale {
 
 const AUDIT_OUTCOMES: [&str; 3] = ["clean", "drift", "failed"];
 
-fn now_ms() -> u64 {
+/// The local clock, ms since the epoch: when a sample or an event was taken.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -21,7 +21,7 @@ use super::skus::{current_view, SkuView};
 use super::{ApiError, AppState};
 use crate::admission::Refusal;
 use crate::ids::Sku;
-use crate::live::{AuditSeen, Latency, RatePoint};
+use crate::live::{now_ms, AuditSeen, Latency, RatePoint};
 use crate::store::ShardUnits;
 
 /// How often a stream sends the figures.
@@ -95,12 +95,6 @@ struct IndexFigures {
     audit: Option<AuditSeen>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn settlement(state: &AppState) -> Settlement {
     Settlement {
         lag_seconds: state.metrics.reconciler_lag.get(),
@@ -108,7 +102,7 @@ fn settlement(state: &AppState) -> Settlement {
     }
 }
 
-/// One SKU's event: its figures, or `gone` once it is not known any more.
+/// One SKU's event: its figures, or `unavailable` (with why) when they cannot be read.
 async fn sku_event(state: &AppState, sku: &Sku, after_ms: u64) -> (Event, u64) {
     let at_ms = now_ms();
     let figures = async {
