@@ -36,7 +36,7 @@ pub struct Metrics {
     /// Units per SKU and state (available, held, sold), read at scrape time.
     pub sku_units: IntGaugeVec,
     /// The SKUs with per-SKU series (see [`Metrics::keep_skus`]).
-    units_of: Mutex<BTreeSet<String>>,
+    known_skus: Mutex<BTreeSet<String>>,
     /// Age of the oldest event not yet settled into the ledger, seconds.
     pub reconciler_lag: Gauge,
     /// Events delivered and not settled, or not delivered yet.
@@ -407,7 +407,7 @@ impl Metrics {
             redis_seconds,
             in_flight,
             sku_units,
-            units_of: Mutex::default(),
+            known_skus: Mutex::default(),
             reconciler_lag,
             reconciler_pending,
             reconciler_batches,
@@ -448,7 +448,7 @@ impl Metrics {
     /// every SKU not among them (retired, or forgotten): the registry keeps series only of
     /// SKUs the engine knows, and has them from the start.
     pub fn keep_skus(&self, skus: BTreeSet<String>) {
-        let mut had = self.units_of.lock();
+        let mut had = self.known_skus.lock();
         for gone in had.difference(&skus) {
             for state in UNIT_STATES {
                 let _ = self.sku_units.remove_label_values(&[gone, state]);

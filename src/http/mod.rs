@@ -134,14 +134,12 @@ impl AppState {
         }
     }
 
-    /// Counts a hold made of `sku`, if the engine knows the SKU.
+    /// Counts a hold made of `sku`. A hold proves the SKU loaded: no gate is looked up.
     fn count_hold(&self, sku: &crate::ids::Sku) {
-        if self.admission.gate(sku).is_some() {
-            self.metrics
-                .sku_reserves
-                .with_label_values(&[sku.as_str()])
-                .inc();
-        }
+        self.metrics
+            .sku_reserves
+            .with_label_values(&[sku.as_str()])
+            .inc();
     }
 
     /// Counts a refusal of `sku` under `code`, if the engine knows the SKU.
