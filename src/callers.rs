@@ -197,6 +197,15 @@ impl TokenEntries {
     }
 }
 
+/// The token of an `Authorization` value `Bearer <token>` (the scheme in any case, as RFC
+/// 7235 has it), from an HTTP header or gRPC metadata alike.
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"Bearer ")
+        .then(|| token.trim_ascii())
+}
+
 impl ClientTokens {
     /// The caller whose token `given` is. Every configured token is compared, each in
     /// constant time, so the time taken says nothing of which one came close.

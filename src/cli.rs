@@ -9,10 +9,10 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
 
 use crate::config::{AuditArgs, LedgerArgs, ReconcileArgs, RedisArgs, ServeConfig};
-use crate::http::{shutdown_signal, unreachable_redis, Application};
 use crate::ledger::Ledger;
 use crate::reconcile::Reconciler;
 use crate::recovery::audit;
+use crate::server::{shutdown_signal, unreachable_redis, Application};
 use crate::store::Store;
 
 /// Flash-sale inventory reservation engine.

@@ -99,6 +99,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FLASHSALE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Also serve the gRPC face (flashsale.v1, grpc.health.v1, reflection) on this
+    /// address; off unless given.
+    #[arg(long, env = "FLASHSALE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub redis: RedisArgs,
 
@@ -217,6 +222,7 @@ impl ServeConfig {
         let target = target.into();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            grpc_listen: None,
             redis: RedisArgs {
                 redis_url: target.urls().to_vec(),
                 redis_cluster: target.is_cluster(),

@@ -8,7 +8,10 @@
 //!
 //! # Layout
 //!
-//! - [`http`]: the axum API (one module per resource), its errors and OpenAPI document.
+//! - [`api`]: the application layer: each operation once, its inputs, views and errors.
+//! - [`http`]: the HTTP face (axum, one module per resource), problems, OpenAPI document.
+//! - [`grpc`]: the gRPC face (tonic): `flashsale.v1`, health, reflection, status details.
+//! - [`server`]: the engine as a process: both faces, background tasks, shutdown.
 //! - [`admission`]: in-memory load shedding before any Redis call; [`gates`] keeps its
 //!   sold-out flags and windows in step with Redis.
 //! - [`callers`]: the clients an engine knows by their tokens (`--client-token`).
@@ -33,11 +36,13 @@
 //! See `ARCHITECTURE.md` for the invariants.
 
 pub mod admission;
+pub mod api;
 pub mod callers;
 pub mod cli;
 pub mod config;
 pub mod events;
 pub mod gates;
+pub mod grpc;
 pub mod http;
 pub mod ids;
 pub mod keys;
@@ -49,6 +54,7 @@ pub mod reconcile;
 pub mod recovery;
 pub mod registry;
 pub mod scripts;
+pub mod server;
 pub mod settlement;
 pub mod sharding;
 pub mod store;

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use flashsale::config::ServeConfig;
-use flashsale::http::Application;
+use flashsale::server::Application;
 use flashsale_testkit::LocalRedis;
 use serde_json::json;
 use tokio::sync::oneshot;

@@ -1,25 +1,21 @@
 //! `/v1/carts`: several SKUs reserved all together or not at all; confirm, cancel, read.
 
-use std::collections::HashSet;
-
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::error::CartProblem;
 use super::extract::{ApiJson, ApiPath, Caller};
 use super::number::RawQuantity;
-use super::reservations::{idempotency_key, owned_by, timed, IDEMPOTENT_REPLAYED};
-use super::{rfc3339, ApiError, AppState, Problem};
-use crate::admission::Refusal;
-use crate::ids::{CallerName, CartId, Sku, UserId};
-use crate::store::{
-    Cart, CartLineRequest, CartRequest, CartState, LineRefusal, StoreError, MAX_CART_LINES,
-    MAX_PER_USER_LIMIT,
-};
+use super::reservations::created;
+use super::{ApiError, AppState, Problem};
+pub use crate::api::carts::CartView;
+use crate::api::carts::{self, CartLineInput, OpenCartInput};
+use crate::api::reservations::line_quantity;
+use crate::api::IDEMPOTENCY_KEY;
 
 /// A cart: 1 to 16 lines, each SKU at most once.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -44,87 +40,6 @@ pub struct CartLineBody {
     #[serde(default)]
     #[schema(value_type = u32, minimum = 1, maximum = 1_000_000)]
     pub quantity: RawQuantity,
-}
-
-/// Where a cart stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CartStatus {
-    /// Every line is held until `expires_at`.
-    Held,
-    /// Every line is sold.
-    Confirmed,
-    /// Every line was cancelled; the units went back.
-    Cancelled,
-    /// Not confirmed in time; every line's units went back.
-    Expired,
-    /// Between steps (its lines being confirmed, cancelled or returned): ask again
-    /// shortly. Never a partial cart: no line of it is shown as settled alone.
-    Pending,
-}
-
-impl From<CartState> for CartStatus {
-    fn from(state: CartState) -> Self {
-        match state {
-            CartState::Held => Self::Held,
-            CartState::Confirmed => Self::Confirmed,
-            CartState::Cancelled => Self::Cancelled,
-            CartState::Expired => Self::Expired,
-            CartState::Opening
-            | CartState::Confirming
-            | CartState::Cancelling
-            | CartState::Expiring
-            | CartState::RollingBack
-            | CartState::RolledBack => Self::Pending,
-        }
-    }
-}
-
-/// One line of a cart.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartLineView {
-    /// The SKU.
-    pub sku: String,
-    /// Units.
-    pub quantity: u32,
-    /// The line's hold: readable at `/v1/reservations/{id}`, confirmed and cancelled only
-    /// with its cart.
-    pub reservation_id: String,
-}
-
-/// A cart.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartView {
-    /// Its id, unguessable.
-    pub cart_id: String,
-    /// The buyer.
-    pub user_id: String,
-    /// Where it stands.
-    pub status: CartStatus,
-    /// When every line expires, together (RFC 3339, Redis's clock).
-    pub expires_at: String,
-    /// Its lines, in SKU order.
-    pub lines: Vec<CartLineView>,
-}
-
-impl From<&Cart> for CartView {
-    fn from(cart: &Cart) -> Self {
-        Self {
-            cart_id: cart.id.to_string(),
-            user_id: cart.user.to_string(),
-            status: cart.state.into(),
-            expires_at: rfc3339(cart.deadline_ms),
-            lines: cart
-                .lines
-                .iter()
-                .map(|line| CartLineView {
-                    sku: line.sku.to_string(),
-                    quantity: line.quantity,
-                    reservation_id: line.reservation.to_string(),
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Holds every line of a cart, or none.
@@ -169,152 +84,20 @@ pub async fn open_cart(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CartBody>,
 ) -> Result<Response, ApiError> {
-    open(state, caller, headers, body)
-        .await
-        .map_err(ApiError::on_reserve)
-}
-
-async fn open(
-    state: AppState,
-    caller: Option<CallerName>,
-    headers: HeaderMap,
-    body: CartBody,
-) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
-    let user = UserId::new(body.user_id)?;
-    let request = CartRequest {
-        lines: cart_lines(body.lines)?,
-        user,
-        key,
-        caller,
+    let input = OpenCartInput {
+        key: headers.get(IDEMPOTENCY_KEY).map(HeaderValue::as_bytes),
+        user_id: body.user_id,
+        lines: body
+            .lines
+            .into_iter()
+            .map(|line| CartLineInput {
+                sku: line.sku,
+                quantity: line.quantity.within(1, u64::MAX).and_then(line_quantity),
+            })
+            .collect(),
     };
-    take(&state, &request)
-        .await
-        .inspect_err(|error| match error {
-            // Each refused line under its own reason; a cart refused whole, under every line.
-            ApiError::Store(StoreError::CartRefused(lines)) => {
-                for line in lines {
-                    state.count_code(&line.sku, line.code);
-                }
-            }
-            error => {
-                for line in &request.lines {
-                    state.count_refusal(&line.sku, error);
-                }
-            }
-        })
-}
-
-/// A cart read and checked: every line through admission, then the store.
-async fn take(state: &AppState, request: &CartRequest) -> Result<Response, ApiError> {
-    state.trusted()?;
-    // Every line passes admission, from memory, before anything reaches Redis.
-    let now = state.store.redis_now_ms();
-    let mut permits = Vec::with_capacity(request.lines.len());
-    let mut closed = Vec::new();
-    for line in &request.lines {
-        match state
-            .admission
-            .admit_reserve(&line.sku, &request.user, &request.key, now)
-        {
-            Ok(permit) => permits.push(permit),
-            Err(refusal @ (Refusal::SoldOut | Refusal::NotStarted | Refusal::Ended)) => {
-                state.metrics.refused(refusal.reason());
-                let error = match refusal {
-                    Refusal::SoldOut => StoreError::SoldOut,
-                    Refusal::NotStarted => StoreError::NotStarted,
-                    _ => StoreError::Ended,
-                };
-                closed.push(LineRefusal {
-                    sku: line.sku.clone(),
-                    code: error.code(),
-                    detail: error.to_string(),
-                });
-            }
-            Err(refusal) => return Err(state.refused(refusal)),
-        }
-    }
-    if !closed.is_empty() {
-        // The key may have made a cart before these lines closed: a retry gets it back.
-        let _permit = state.call_permit()?;
-        let replay = timed(state, "read", state.store.replay_cart(request)).await?;
-        return match replay {
-            Some(opened) => Ok(cart_created(&opened.cart, opened.replayed)),
-            None => Err(StoreError::CartRefused(closed).into()),
-        };
-    }
-    let opened = timed(state, "cart", state.store.open_cart(request)).await;
-    drop(permits);
-    for line in &request.lines {
-        state.learn(&line.sku).await;
-    }
-    if let Err(StoreError::CartRefused(lines)) = &opened {
-        for line in lines.iter().filter(|line| line.code == "sold_out") {
-            state.sold_out(&line.sku);
-        }
-    }
-    let opened = opened?;
-    for line in &request.lines {
-        state.count_hold(&line.sku);
-    }
-    Ok(cart_created(&opened.cart, opened.replayed))
-}
-
-fn cart_created(cart: &Cart, replayed: bool) -> Response {
-    let mut response = (StatusCode::CREATED, Json(CartView::from(cart))).into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    response
-}
-
-/// Validates the lines: 1 to 16, each SKU once, each quantity a whole number in range.
-fn cart_lines(lines: Vec<CartLineBody>) -> Result<Vec<CartLineRequest>, ApiError> {
-    let invalid = |detail: String| ApiError::Invalid {
-        code: "invalid_cart",
-        detail,
-    };
-    if lines.is_empty() || lines.len() > MAX_CART_LINES {
-        return Err(invalid(format!(
-            "a cart has 1 to {MAX_CART_LINES} lines (got {})",
-            lines.len()
-        )));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(lines.len());
-    let mut bad_quantities = Vec::new();
-    for line in lines {
-        let sku = Sku::new(line.sku)?;
-        if !seen.insert(sku.clone()) {
-            return Err(invalid(format!(
-                "sku {sku} appears twice: a cart names each SKU once, with its quantity"
-            )));
-        }
-        let quantity = line
-            .quantity
-            .within(1, u64::from(MAX_PER_USER_LIMIT))
-            .and_then(|q| u32::try_from(q).ok());
-        match quantity {
-            Some(quantity) => out.push(CartLineRequest { sku, quantity }),
-            None => bad_quantities.push(LineRefusal {
-                sku,
-                code: "invalid_quantity",
-                detail: format!(
-                    "quantity must be a whole number from 1 to the SKU's per-user limit (at most {MAX_PER_USER_LIMIT})"
-                ),
-            }),
-        }
-    }
-    if !bad_quantities.is_empty() {
-        return Err(StoreError::CartRefused(bad_quantities).into());
-    }
-    Ok(out)
-}
-
-fn cart_id(text: &str) -> Result<CartId, ApiError> {
-    Ok(CartId::parse(text)?)
+    let opened = carts::open_cart(&state, caller, input).await?;
+    Ok(created(opened.cart, opened.replayed))
 }
 
 /// Reads a cart.
@@ -338,14 +121,9 @@ pub async fn get_cart(
     Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CartView>, ApiError> {
-    let id = cart_id(&id)?;
-    let _permit = state.call_permit()?;
-    let cart = timed(&state, "read", state.store.cart(&id)).await?;
-    owned_by(
-        caller.as_ref(),
-        cart.caller.as_ref().map(CallerName::as_str),
-    )?;
-    Ok(Json(CartView::from(&cart)))
+    carts::get_cart(&state, caller.as_ref(), &id)
+        .await
+        .map(Json)
 }
 
 /// Confirms every line of a cart (payment succeeded). Idempotent. A cart past its
@@ -373,11 +151,9 @@ pub async fn confirm_cart(
     Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CartView>, ApiError> {
-    let id = cart_id(&id)?;
-    let _permit = state.settle_permit(None)?;
-    let confirmed = state.store.confirm_cart(&id, caller.as_ref());
-    let cart = timed(&state, "cart", confirmed).await?;
-    Ok(Json(CartView::from(&cart)))
+    carts::confirm_cart(&state, caller.as_ref(), &id)
+        .await
+        .map(Json)
 }
 
 /// Cancels every line of a cart; the units go back. Idempotent; an expired cart comes back
@@ -404,12 +180,7 @@ pub async fn cancel_cart(
     Caller(caller): Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CartView>, ApiError> {
-    let id = cart_id(&id)?;
-    let _permit = state.settle_permit(None)?;
-    let cancelled = state.store.cancel_cart(&id, caller.as_ref());
-    let cart = timed(&state, "cart", cancelled).await?;
-    for line in &cart.lines {
-        state.admission.clear_sold_out(&line.sku);
-    }
-    Ok(Json(CartView::from(&cart)))
+    carts::cancel_cart(&state, caller.as_ref(), &id)
+        .await
+        .map(Json)
 }

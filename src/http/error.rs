@@ -1,6 +1,5 @@
-//! The HTTP layer's one error type, rendered as RFC 9457 `application/problem+json` with a
-//! stable machine-readable `code`. Store errors and admission refusals are mapped here, and
-//! only here.
+//! The API's errors as this face answers them: RFC 9457 `application/problem+json` with a
+//! stable machine-readable `code`, each code at its HTTP status, mapped here and only here.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::admission::Refusal;
-use crate::ids::IdError;
+pub use crate::api::ApiError;
 use crate::store::StoreError;
 
 /// A problem, as sent to the client.
@@ -47,102 +46,6 @@ pub struct ProblemLine {
 /// The outcome code of a response, for metrics; set on every problem response.
 #[derive(Debug, Clone, Copy)]
 pub struct OutcomeCode(pub &'static str);
-
-/// Why a request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// What the store answered (refusals and failures; see [`StoreError`]).
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Refused from memory by admission: 429 with `Retry-After`, 409, or 503.
-    #[error("refused: {0:?}")]
-    Refused(Refusal),
-    /// 400: the request cannot be read.
-    #[error("{detail}")]
-    BadRequest {
-        /// Stable code.
-        code: &'static str,
-        /// What is wrong.
-        detail: String,
-    },
-    /// 422: the request was read but a value is not acceptable.
-    #[error("{detail}")]
-    Invalid {
-        /// Stable code.
-        code: &'static str,
-        /// What is wrong.
-        detail: String,
-    },
-    /// 401: no admin token, or the wrong one.
-    #[error("unauthorized")]
-    Unauthorized,
-    /// 401: a reservation route called without a client token, while client tokens are
-    /// configured.
-    #[error("unauthenticated")]
-    Unauthenticated,
-    /// 401: a client token that is not one of those configured.
-    #[error("invalid token")]
-    InvalidToken,
-    /// 403: admin routes are off because no admin token is configured.
-    #[error("admin routes are disabled")]
-    AdminDisabled,
-    /// 404: no such route or resource.
-    #[error("{detail}")]
-    NotFound {
-        /// Stable code.
-        code: &'static str,
-        /// What was not found.
-        detail: String,
-    },
-    /// 405: the route exists, the method does not.
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    /// 413: the body is over the limit.
-    #[error("body too large")]
-    PayloadTooLarge,
-    /// 415: the body is not JSON.
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    /// A reserve that got no answer (a 503: Redis failed or stalled, or the engine was
-    /// overloaded or checking a restarted Redis). The hold may have been made all the same,
-    /// so the problem tells the client to retry with the same `Idempotency-Key`, which
-    /// returns that hold rather than making another.
-    #[error("{0}")]
-    ReserveUnanswered(Box<ApiError>),
-}
-
-impl From<IdError> for ApiError {
-    fn from(error: IdError) -> Self {
-        let what = match &error {
-            IdError::Empty { what }
-            | IdError::TooLong { what, .. }
-            | IdError::BadCharacter { what } => *what,
-            // An id that cannot be well-formed names no reservation.
-            IdError::MalformedReservationId => {
-                return Self::NotFound {
-                    code: "reservation_not_found",
-                    detail: "no such reservation".into(),
-                }
-            }
-            IdError::MalformedCartId => {
-                return Self::NotFound {
-                    code: "cart_not_found",
-                    detail: "no such cart".into(),
-                }
-            }
-        };
-        let code = match what {
-            "sku" => "invalid_sku",
-            "user_id" => "invalid_user_id",
-            "idempotency_key" => "invalid_idempotency_key",
-            _ => "invalid_field",
-        };
-        Self::Invalid {
-            code,
-            detail: error.to_string(),
-        }
-    }
-}
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
@@ -178,10 +81,6 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// What a 503 on a reserve adds to its detail.
-const RETRY_SAME_KEY: &str = "; retry with the same Idempotency-Key: if the hold was made, \
-                              the retry returns it instead of making another";
-
 struct Parts {
     status: StatusCode,
     code: &'static str,
@@ -192,198 +91,17 @@ struct Parts {
     lines: Option<Vec<ProblemLine>>,
 }
 
-/// Seconds a client should wait after a failure of Redis or an overload.
-const RETRY_SOON: Duration = Duration::from_secs(1);
-
-/// Seconds a client should wait while the ledger catches up: a backlog large enough to
-/// refuse reserves takes the reconciler seconds to settle, not milliseconds.
-const RETRY_SETTLEMENT: Duration = Duration::from_secs(5);
-
 impl ApiError {
-    /// The error as a reserve answers it: a 503 becomes [`ApiError::ReserveUnanswered`].
-    pub fn on_reserve(self) -> Self {
-        let unanswered = matches!(
-            self,
-            Self::Store(StoreError::Redis(_) | StoreError::Contended)
-                | Self::Refused(Refusal::Overloaded | Refusal::Suspended | Refusal::Unregistered)
-        );
-        if unanswered {
-            Self::ReserveUnanswered(Box::new(self))
-        } else {
-            self
-        }
-    }
-
-    /// The code of a refusal by admission or the store (cheap: no problem is built).
-    pub fn refusal_code(&self) -> Option<&'static str> {
-        match self {
-            Self::Refused(refusal) => Some(refusal.code()),
-            Self::Store(error) => Some(error.code()),
-            Self::ReserveUnanswered(inner) => inner.refusal_code(),
-            _ => None,
-        }
-    }
-
     fn parts(&self) -> Parts {
-        use StatusCode as S;
-        if let Self::ReserveUnanswered(inner) = self {
-            let mut parts = inner.parts();
-            parts.detail.push_str(RETRY_SAME_KEY);
-            return parts;
-        }
-        let (status, code, title, retry_after) = match self {
-            Self::Store(error) => {
-                let status = match error {
-                    StoreError::CartRefused(lines) => match lines.first().map(|l| l.code) {
-                        Some("invalid_quantity") => S::UNPROCESSABLE_ENTITY,
-                        Some("sku_not_found") => S::NOT_FOUND,
-                        _ => S::CONFLICT,
-                    },
-                    StoreError::CartPending
-                    | StoreError::CartLine(_)
-                    | StoreError::CartConfirmed
-                    | StoreError::CartCancelled => S::CONFLICT,
-                    StoreError::CartNotFound => S::NOT_FOUND,
-                    StoreError::CartExpired => S::GONE,
-                    StoreError::SoldOut
-                    | StoreError::InsufficientStock
-                    | StoreError::LimitExceeded
-                    | StoreError::NotStarted
-                    | StoreError::Ended
-                    | StoreError::KeyCancelled
-                    | StoreError::Cancelled
-                    | StoreError::Confirmed
-                    | StoreError::TooManyKeys
-                    | StoreError::SkuLive
-                    | StoreError::HoldsOpen { .. } => S::CONFLICT,
-                    StoreError::NotOwner => S::FORBIDDEN,
-                    StoreError::UnknownSku | StoreError::NotFound => S::NOT_FOUND,
-                    StoreError::Retired => S::GONE,
-                    StoreError::InvalidQuantity(_)
-                    | StoreError::KeyReused
-                    | StoreError::InvalidSpec(_) => S::UNPROCESSABLE_ENTITY,
-                    StoreError::Expired(_) => S::GONE,
-                    StoreError::Contended
-                    | StoreError::Recovering
-                    | StoreError::NotReplicated { .. }
-                    | StoreError::Redis(_) => S::SERVICE_UNAVAILABLE,
-                    StoreError::Protocol(_) => S::INTERNAL_SERVER_ERROR,
-                };
-                let retry = (status == S::SERVICE_UNAVAILABLE).then_some(RETRY_SOON);
-                let code = if status == S::INTERNAL_SERVER_ERROR {
-                    "internal"
-                } else {
-                    error.code()
-                };
-                (status, code, title_of(code), retry)
-            }
-            Self::Refused(refusal) => match refusal {
-                Refusal::RateLimited { retry_after } => (
-                    S::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "Too many requests",
-                    Some(*retry_after),
-                ),
-                Refusal::SoldOut => (S::CONFLICT, "sold_out", "Sold out", None),
-                Refusal::NotStarted => (S::CONFLICT, "sale_not_started", "Sale not started", None),
-                Refusal::Ended => (S::CONFLICT, "sale_ended", "Sale ended", None),
-                Refusal::Overloaded | Refusal::Suspended | Refusal::Unregistered => (
-                    S::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Service unavailable",
-                    Some(RETRY_SOON),
-                ),
-                Refusal::SettlementBehind => (
-                    S::SERVICE_UNAVAILABLE,
-                    "settlement_behind",
-                    "Settlement behind",
-                    Some(RETRY_SETTLEMENT),
-                ),
-            },
-            Self::BadRequest { code, .. } => (S::BAD_REQUEST, *code, "Bad request", None),
-            Self::Invalid { code, .. } => (S::UNPROCESSABLE_ENTITY, *code, "Invalid request", None),
-            Self::Unauthorized => (S::UNAUTHORIZED, "unauthorized", "Unauthorized", None),
-            Self::Unauthenticated => (
-                S::UNAUTHORIZED,
-                "unauthenticated",
-                "Client token required",
-                None,
-            ),
-            Self::InvalidToken => (
-                S::UNAUTHORIZED,
-                "invalid_token",
-                "Invalid client token",
-                None,
-            ),
-            Self::AdminDisabled => (
-                S::FORBIDDEN,
-                "admin_disabled",
-                "Admin routes disabled",
-                None,
-            ),
-            Self::NotFound { code, .. } => (S::NOT_FOUND, *code, "Not found", None),
-            Self::MethodNotAllowed => (
-                S::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "Method not allowed",
-                None,
-            ),
-            Self::PayloadTooLarge => (
-                S::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "Body too large",
-                None,
-            ),
-            Self::UnsupportedMediaType(_) => (
-                S::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Unsupported media type",
-                None,
-            ),
-            Self::ReserveUnanswered(_) => unreachable!("answered above"),
-        };
-        let detail = match self {
-            // Internal causes are logged, not shown.
-            Self::Store(StoreError::Redis(_) | StoreError::Protocol(_)) => {
-                "the service cannot reach its data store right now".to_owned()
-            }
-            Self::Refused(Refusal::RateLimited { .. }) => {
-                "slow down and retry after the given time".into()
-            }
-            Self::Refused(Refusal::Overloaded) => {
-                "too many requests in flight; retry shortly".into()
-            }
-            Self::Refused(Refusal::Suspended) => {
-                "redis restarted; the engine is checking it against the ledger; retry shortly"
-                    .into()
-            }
-            Self::Refused(Refusal::Unregistered) => {
-                "the engine cannot renew its share of the rate with Redis; retry shortly".into()
-            }
-            Self::Refused(Refusal::SettlementBehind) => {
-                "more events wait to be settled into the ledger than --max-unsettled allows; \
-                 no hold was made; retry after the given time (confirms and cancels go on)"
-                    .into()
-            }
-            Self::Refused(Refusal::SoldOut) => StoreError::SoldOut.to_string(),
-            Self::Refused(Refusal::NotStarted) => StoreError::NotStarted.to_string(),
-            Self::Refused(Refusal::Ended) => StoreError::Ended.to_string(),
-            Self::AdminDisabled => {
-                "no admin token is configured, so admin routes refuse everyone".into()
-            }
-            Self::Unauthorized => {
-                "a valid 'Authorization: Bearer <admin token>' header is required".into()
-            }
-            Self::Unauthenticated => "this engine serves only callers it knows: send \
-                 'Authorization: Bearer <client token>' with the token your caller was given"
-                .into(),
-            Self::InvalidToken => "the bearer token is not a client token of this engine: \
-                 check the token your caller was given (the admin token is not one)"
-                .into(),
-            other => other.to_string(),
-        };
-        let lines = match self {
-            Self::Store(StoreError::CartRefused(lines)) => Some(
+        let status = status(self);
+        let code = self.code();
+        Parts {
+            status,
+            code,
+            title: title(self, code),
+            detail: self.detail(),
+            retry_after: self.retry_after(),
+            lines: self.refused_lines().map(|lines| {
                 lines
                     .iter()
                     .map(|line| ProblemLine {
@@ -391,32 +109,92 @@ impl ApiError {
                         code: line.code.to_owned(),
                         detail: line.detail.clone(),
                     })
-                    .collect(),
-            ),
-            _ => None,
-        };
-        Parts {
-            status,
-            code,
-            title,
-            detail,
-            retry_after,
-            lines,
+                    .collect()
+            }),
         }
     }
 }
 
-impl Refusal {
-    /// The problem code of the refusal.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::RateLimited { .. } => "rate_limited",
-            Self::SoldOut => "sold_out",
-            Self::NotStarted => "sale_not_started",
-            Self::Ended => "sale_ended",
-            Self::Overloaded | Self::Suspended | Self::Unregistered => "unavailable",
-            Self::SettlementBehind => "settlement_behind",
+/// The HTTP status of an error: the one place codes meet statuses on this face.
+fn status(error: &ApiError) -> StatusCode {
+    use StatusCode as S;
+    match error {
+        ApiError::ReserveUnanswered(inner) => status(inner),
+        ApiError::Store(error) => match error {
+            StoreError::CartRefused(lines) => match lines.first().map(|l| l.code) {
+                Some("invalid_quantity") => S::UNPROCESSABLE_ENTITY,
+                Some("sku_not_found") => S::NOT_FOUND,
+                _ => S::CONFLICT,
+            },
+            StoreError::CartPending
+            | StoreError::CartLine(_)
+            | StoreError::CartConfirmed
+            | StoreError::CartCancelled => S::CONFLICT,
+            StoreError::CartNotFound => S::NOT_FOUND,
+            StoreError::CartExpired => S::GONE,
+            StoreError::SoldOut
+            | StoreError::InsufficientStock
+            | StoreError::LimitExceeded
+            | StoreError::NotStarted
+            | StoreError::Ended
+            | StoreError::KeyCancelled
+            | StoreError::Cancelled
+            | StoreError::Confirmed
+            | StoreError::TooManyKeys
+            | StoreError::SkuLive
+            | StoreError::HoldsOpen { .. } => S::CONFLICT,
+            StoreError::NotOwner => S::FORBIDDEN,
+            StoreError::UnknownSku | StoreError::NotFound => S::NOT_FOUND,
+            StoreError::Retired => S::GONE,
+            StoreError::InvalidQuantity(_) | StoreError::KeyReused | StoreError::InvalidSpec(_) => {
+                S::UNPROCESSABLE_ENTITY
+            }
+            StoreError::Expired(_) => S::GONE,
+            StoreError::Contended
+            | StoreError::Recovering
+            | StoreError::NotReplicated { .. }
+            | StoreError::Redis(_) => S::SERVICE_UNAVAILABLE,
+            StoreError::Protocol(_) => S::INTERNAL_SERVER_ERROR,
+        },
+        ApiError::Refused(refusal) => match refusal {
+            Refusal::RateLimited { .. } => S::TOO_MANY_REQUESTS,
+            Refusal::SoldOut | Refusal::NotStarted | Refusal::Ended => S::CONFLICT,
+            Refusal::Overloaded
+            | Refusal::Suspended
+            | Refusal::Unregistered
+            | Refusal::SettlementBehind => S::SERVICE_UNAVAILABLE,
+        },
+        ApiError::BadRequest { .. } => S::BAD_REQUEST,
+        ApiError::Invalid { .. } => S::UNPROCESSABLE_ENTITY,
+        ApiError::Unauthorized | ApiError::Unauthenticated | ApiError::InvalidToken => {
+            S::UNAUTHORIZED
         }
+        ApiError::AdminDisabled => S::FORBIDDEN,
+        ApiError::NotFound { .. } => S::NOT_FOUND,
+        ApiError::MethodNotAllowed => S::METHOD_NOT_ALLOWED,
+        ApiError::PayloadTooLarge => S::PAYLOAD_TOO_LARGE,
+        ApiError::UnsupportedMediaType(_) => S::UNSUPPORTED_MEDIA_TYPE,
+    }
+}
+
+/// A problem's `title`: a short summary of its kind.
+fn title(error: &ApiError, code: &str) -> &'static str {
+    match error {
+        ApiError::ReserveUnanswered(inner) => title(inner, code),
+        ApiError::Store(_) => title_of(code),
+        ApiError::Refused(Refusal::RateLimited { .. }) => "Too many requests",
+        ApiError::Refused(Refusal::SettlementBehind) => "Settlement behind",
+        ApiError::Refused(_) => title_of(code),
+        ApiError::BadRequest { .. } => "Bad request",
+        ApiError::Invalid { .. } => "Invalid request",
+        ApiError::Unauthorized => "Unauthorized",
+        ApiError::Unauthenticated => "Client token required",
+        ApiError::InvalidToken => "Invalid client token",
+        ApiError::AdminDisabled => "Admin routes disabled",
+        ApiError::NotFound { .. } => "Not found",
+        ApiError::MethodNotAllowed => "Method not allowed",
+        ApiError::PayloadTooLarge => "Body too large",
+        ApiError::UnsupportedMediaType(_) => "Unsupported media type",
     }
 }
 
@@ -567,6 +345,8 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::error::RETRY_SAME_KEY;
+    use crate::ids::IdError;
 
     #[test]
     fn every_store_error_maps_to_its_status_and_code() {

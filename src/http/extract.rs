@@ -9,7 +9,6 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 use crate::ids::CallerName;
@@ -85,31 +84,14 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(expected) = state.admin_token.as_deref() else {
-            return Err(ApiError::AdminDisabled);
-        };
-        let given = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthorized)?;
-        if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::Unauthorized)
-        }
+        state.admin(bearer(&parts.headers)).map(|()| Admin)
     }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as RFC
 /// 7235 has it).
 fn bearer(parts: &axum::http::HeaderMap) -> Option<&[u8]> {
-    let value = parts.get(AUTHORIZATION)?.as_bytes();
-    let (scheme, token) = value.split_at_checked(7)?;
-    scheme
-        .eq_ignore_ascii_case(b"Bearer ")
-        .then(|| token.trim_ascii())
+    crate::callers::bearer(parts.get(AUTHORIZATION)?.as_bytes())
 }
 
 /// The caller of a reservation or cart route, as [`authenticate`] found it: `None` when
@@ -137,15 +119,10 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(tokens) = state.client_tokens.as_deref() else {
-        return next.run(request).await;
-    };
-    let caller = match bearer(request.headers()) {
-        None => return ApiError::Unauthenticated.into_response(),
-        Some(token) => match tokens.caller(token) {
-            Some(caller) => caller.clone(),
-            None => return ApiError::InvalidToken.into_response(),
-        },
+    let caller = match state.client(bearer(request.headers())) {
+        Ok(Some(caller)) => caller,
+        Ok(None) => return next.run(request).await,
+        Err(refused) => return refused.into_response(),
     };
     request.extensions_mut().insert(caller.clone());
     let mut response = next.run(request).await;

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::ApiQuery;
-use super::skus::{current_view, SkuStatus, SkuView};
+use super::skus::{SkuStatus, SkuView};
 use super::{ApiError, AppState, Problem};
+use crate::api::skus::current_view;
 use crate::ids::Sku;
 use crate::ledger::LedgerRepo;
 

@@ -17,9 +17,10 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 
 use super::extract::ApiQuery;
-use super::skus::{current_view, SkuView};
+use super::skus::SkuView;
 use super::{ApiError, AppState};
 use crate::admission::Refusal;
+use crate::api::skus::current_view;
 use crate::ids::Sku;
 use crate::live::{now_ms, AuditSeen, Latency, RatePoint};
 use crate::store::ShardUnits;

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use flashsale::config::ServeConfig;
-use flashsale::http::Application;
 use flashsale::ids::random_token;
 use flashsale::ledger::Ledger;
 use flashsale::reconcile::{ReconcileOptions, Reconciler};
 use flashsale::recovery::audit;
+use flashsale::server::Application;
 use flashsale::store::{Store, StoreOptions, Totals};
 use flashsale::topology::RedisTarget;
 use reqwest::StatusCode;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flashsale::config::ServeConfig;
-use flashsale::http::Application;
 use flashsale::ids::random_token;
 use flashsale::registry::Registry;
+use flashsale::server::Application;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;

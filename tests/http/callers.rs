@@ -4,7 +4,7 @@
 //! caller.
 
 use flashsale::config::ServeConfig;
-use flashsale::http::Application;
+use flashsale::server::Application;
 use flashsale_testkit::LocalRedis;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use flashsale::config::ServeConfig;
-use flashsale::http::Application;
 use flashsale::ids::random_token;
+use flashsale::server::Application;
 use flashsale_testkit::LocalRedis;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
