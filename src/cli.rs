@@ -65,6 +65,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let app = Application::build(&config).await?;
             tracing::info!(address = %app.local_addr(), "serving");
             println!("flashsale listening on http://{}", app.local_addr());
+            if let Some(grpc) = app.grpc_addr() {
+                println!("flashsale serving gRPC on {grpc}");
+            }
             app.run_until(shutdown_signal()).await?;
         }
         Command::Reconcile(args) => {

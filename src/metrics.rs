@@ -23,6 +23,11 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Request latency by caller, route, method and outcome.
     pub request_seconds: HistogramVec,
+    /// gRPC calls by caller, method (`/flashsale.v1.Reservations/Reserve`, ...) and
+    /// outcome (`ok` or the problem code, as the HTTP requests have it).
+    pub grpc_requests: IntCounterVec,
+    /// gRPC call latency by caller, method and outcome.
+    pub grpc_request_seconds: HistogramVec,
     /// Requests refused by admission, by reason (rate, sold_out_flag, in_flight, window,
     /// suspended, unregistered, settlement_behind).
     pub refusals: IntCounterVec,
@@ -156,6 +161,23 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["caller", "route", "method", "outcome"],
+        )
+        .expect("valid metric");
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "flashsale_grpc_requests_total",
+                "gRPC calls by method and outcome",
+            ),
+            &["caller", "method", "outcome"],
+        )
+        .expect("valid metric");
+        let grpc_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "flashsale_grpc_request_duration_seconds",
+                "gRPC call latency by method and outcome",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["caller", "method", "outcome"],
         )
         .expect("valid metric");
         let refusals = IntCounterVec::new(
@@ -355,6 +377,8 @@ impl Metrics {
         .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(grpc_requests.clone()),
+            Box::new(grpc_request_seconds.clone()),
             Box::new(request_seconds.clone()),
             Box::new(refusals.clone()),
             Box::new(redis_seconds.clone()),
@@ -403,6 +427,8 @@ impl Metrics {
             refusal_by_reason,
             requests,
             request_seconds,
+            grpc_requests,
+            grpc_request_seconds,
             refusals,
             redis_seconds,
             in_flight,

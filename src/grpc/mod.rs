@@ -49,9 +49,9 @@ fn authorization<T>(request: &Request<T>) -> Option<&[u8]> {
     crate::callers::bearer(value.as_bytes())
 }
 
-/// Counts and times a call by caller, route and outcome (as the HTTP face's requests, with
-/// method `GRPC`), and writes its answer: the message, or `error` as a status about
-/// `resource`.
+/// Counts and times a call by caller, method and outcome (`ok` or the problem code, as the
+/// HTTP face counts its requests), and writes its answer: the message, or `error` as a
+/// status about `resource`.
 fn answer<T>(
     state: &AppState,
     route: &'static str,
@@ -65,11 +65,11 @@ fn answer<T>(
         Err(error) => error.code(),
     };
     let caller = caller.map_or(crate::metrics::ANONYMOUS, CallerName::as_str);
-    let labels = [caller, route, "GRPC", outcome];
-    state.metrics.requests.with_label_values(&labels).inc();
+    let labels = [caller, route, outcome];
+    state.metrics.grpc_requests.with_label_values(&labels).inc();
     state
         .metrics
-        .request_seconds
+        .grpc_request_seconds
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
     result
