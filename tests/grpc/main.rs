@@ -3,4 +3,9 @@
 //! decoded; the same scenario over HTTP and gRPC ending in the same state; health and
 //! reflection.
 
+mod errors;
+mod health;
+mod operations;
+mod parity;
+mod python;
 mod support;
