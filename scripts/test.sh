@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Every test starts the real servers it needs (redis-server on a free
 # port in a temporary directory, a Redis Cluster of such servers, PostgreSQL with
-# initdb/pg_ctl, schemathesis from PyPI, a headless Chromium behind chromedriver, a
+# initdb/pg_ctl, schemathesis and grpcio from PyPI, a headless Chromium behind chromedriver, a
 # Prometheus) and stops them. Then a short sale through the load
 # harness, with all its invariant checks, on one Redis and again on a Redis Cluster through
 # two engines.
