@@ -255,4 +255,40 @@ mod tests {
         let violation = &details.precondition_failure().unwrap().violations[0];
         assert_eq!(violation.subject, "skus/case");
     }
+
+    /// `FailedPrecondition` as the gRPC specification spells it: `FAILED_PRECONDITION`.
+    fn spelled(code: Code) -> String {
+        let mut out = String::new();
+        for (i, c) in format!("{code:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_table_says_what_the_mapping_does() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<Vec<&str>> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| line.split('|').map(str::trim).collect())
+            .collect();
+        for code in CODES {
+            let quoted = format!("`{code}`");
+            let row = rows
+                .iter()
+                .find(|row| row[1].split(", ").any(|name| name == quoted))
+                .unwrap_or_else(|| panic!("the README's gRPC table has no row for {code}"));
+            if row[3] == "HTTP only" {
+                continue;
+            }
+            let mapped = mapping(code).unwrap();
+            assert_eq!(row[3], format!("`{}`", spelled(mapped.code)), "{code}");
+            let retry = if mapped.retryable() { "yes" } else { "no" };
+            assert_eq!(row[4], retry, "{code}");
+        }
+    }
 }
