@@ -13,6 +13,7 @@ use flashsale_testkit::LocalClusterOptions;
 use crate::baseline::{serve_naive, serve_pg_hotrow};
 use crate::compare::{compare, CompareOptions};
 use crate::demo::{self, DemoOptions};
+use crate::protocol::Protocol;
 use crate::sale::{run_sale, Setup};
 use crate::scenario::{Bundle, Profile, Scenario};
 use crate::serve::{serve, ServeOptions};
@@ -195,6 +196,15 @@ pub struct RunArgs {
     /// The engine's base URL (without --spawn).
     #[arg(long, env = "FLASHSALE_TARGET", required_unless_present = "spawn")]
     pub target: Option<String>,
+    /// The engine's gRPC face, HOST:PORT (its --grpc-listen), for --protocol grpc without
+    /// --spawn (spawned engines serve one on a free port).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "FLASHSALE_GRPC_TARGET",
+        conflicts_with = "spawn"
+    )]
+    pub grpc_target: Option<String>,
     /// The engine's admin token, to load the SKU (without --spawn).
     #[arg(
         long,
@@ -270,9 +280,14 @@ pub struct RunArgs {
     /// Times a timed-out reserve is retried with the same idempotency key.
     #[arg(long)]
     pub retries: Option<u32>,
-    /// HTTP connections.
+    /// Connections (HTTP/1.1, or HTTP/2 to the gRPC face: one channel each).
     #[arg(long)]
     pub connections: Option<usize>,
+    /// How the buyers' calls (reserves, confirms, cancels, carts) reach the engines: http
+    /// (HTTP/1.1) or grpc (flashsale.v1.Reservations; with --spawn every engine serves its
+    /// gRPC face). Loading the SKU and the checks stay on HTTP.
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
     /// Skip the closing wave (then undersell is not checked).
     #[arg(long, conflicts_with = "closing_wave")]
     pub no_closing_wave: bool,
@@ -337,7 +352,8 @@ impl RunArgs {
             think_ms,
             retries,
             timeout_ms,
-            connections
+            connections,
+            protocol
         );
         if self.shards.is_some() {
             s.shards = self.shards;
@@ -387,8 +403,11 @@ impl RunArgs {
                 engines: self.engines.map_or(1, usize::from),
                 engine_args: self.engine_args.clone(),
                 separate_reconciler: self.reconciler_process,
+                // Added by the sale when the scenario's protocol (flag or file) is gRPC.
+                grpc: false,
             }),
             target: self.target.clone(),
+            grpc_target: self.grpc_target.clone(),
             admin_token: self.admin_token.clone(),
             redis_url: self.redis_url.clone(),
             key_prefix: self.key_prefix.clone(),
@@ -559,6 +578,32 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_is_a_flag_and_a_grpc_target_is_for_an_engine_not_spawned() {
+        let http = run_args(&["--spawn"]).unwrap();
+        assert_eq!(http.scenario().unwrap().protocol, Protocol::Http);
+        let grpc = run_args(&["--spawn", "--protocol", "grpc"]).unwrap();
+        assert_eq!(grpc.scenario().unwrap().protocol, Protocol::Grpc);
+        assert!(run_args(&["--spawn", "--protocol", "h3"]).is_err());
+        let elsewhere = run_args(&[
+            "--target",
+            "http://127.0.0.1:1",
+            "--admin-token",
+            "t",
+            "--protocol",
+            "grpc",
+            "--grpc-target",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        assert_eq!(
+            elsewhere.setup().grpc_target.as_deref(),
+            Some("127.0.0.1:2")
+        );
+        let both = run_args(&["--spawn", "--grpc-target", "127.0.0.1:2"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
     fn where_the_engine_is_is_a_usage_error_when_missing() {
         std::env::remove_var("FLASHSALE_TARGET");
         std::env::remove_var("FLASHSALE_ADMIN_TOKEN");
@@ -616,6 +661,7 @@ mod tests {
                 engines: 8,
                 engine_args: vec!["--rate-sku".into(), "0".into()],
                 separate_reconciler: true,
+                grpc: false,
             })
         );
         let bare = run_args(&["--spawn", "--cluster-masters", "5"])

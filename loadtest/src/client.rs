@@ -19,6 +19,9 @@ pub struct Target {
     /// The server's address.
     pub addr: SocketAddr,
     host: String,
+    /// The engine's gRPC face (its `--grpc-listen`), when it serves one and the load
+    /// should use it ([`crate::protocol::Protocol::Grpc`]).
+    pub grpc: Option<SocketAddr>,
 }
 
 impl Target {
@@ -31,7 +34,22 @@ impl Target {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)?
             .next()
             .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
-        Ok(Self { addr, host })
+        Ok(Self {
+            addr,
+            host,
+            grpc: None,
+        })
+    }
+
+    /// The same target, its gRPC face at `addr` (`HOST:PORT`).
+    pub fn with_grpc(self, addr: &str) -> anyhow::Result<Self> {
+        let grpc = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {addr}"))?;
+        Ok(Self {
+            grpc: Some(grpc),
+            ..self
+        })
     }
 
     /// The base URL.
@@ -90,16 +108,19 @@ pub enum Call {
     },
 }
 
-/// What came back, reduced to what the harness needs.
+/// What came back, reduced to what the harness needs; an answer over gRPC is read into the
+/// same shape ([`crate::grpc_client`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    /// HTTP status.
+    /// HTTP status. Over gRPC: what the HTTP face answers a success with (201 for a
+    /// reserve or a cart, 200 for the rest), and for an error the HTTP status of its gRPC
+    /// code ([`crate::grpc_client::http_status`]).
     pub status: u16,
-    /// The problem code, for an error.
+    /// The problem code, for an error (over gRPC, the `ErrorInfo` reason lowercased).
     pub code: Option<String>,
     /// The reservation id, for a reservation.
     pub reservation_id: Option<String>,
-    /// `Idempotent-Replayed: true` was set.
+    /// `Idempotent-Replayed: true` was set (over gRPC, the answer's `replayed`).
     pub replayed: bool,
     /// The cart id, for a cart.
     pub cart_id: Option<String>,

@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::client::{put_json, Call, Connection, Target};
 use crate::cpu::{cpu_time, CpuPer, Processes, RequestCpu, RequestCpuMeter, Watched};
 use crate::private_redis::{pid_of, ScriptStats};
+use crate::protocol::Protocol;
 use crate::run::{offer, saturate};
 use crate::spawn::{wait_healthy, SpawnOptions, Spawned};
 use crate::stats::{Percentiles, Recorder};
@@ -146,6 +147,67 @@ pub struct ClusterRow {
     pub spread: bool,
 }
 
+/// The engine's gRPC Reserve beside its `POST /v1/reservations`: the same engine process,
+/// SKU and closed loop, as many connections (HTTP/1.1, or HTTP/2 with one channel each),
+/// one row after the other. A reserve's work in Redis is the same; what differs is the
+/// face's: HTTP/2 framing and protobuf where HTTP/1.1 has its parser and JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrpcVsHttp {
+    /// The engine's CPU per reservation over HTTP/1.1, µs.
+    pub http_server_us: f64,
+    /// The same over gRPC, µs.
+    pub grpc_server_us: f64,
+    /// gRPC's engine CPU per reservation over HTTP's: above 1, a reserve costs the engine
+    /// more over gRPC.
+    pub server_ratio: f64,
+    /// Redis CPU per reservation over HTTP/1.1, µs.
+    pub http_store_us: f64,
+    /// The same over gRPC, µs.
+    pub grpc_store_us: f64,
+    /// The generator's CPU per request over HTTP/1.1 and over gRPC, µs (its client differs
+    /// too).
+    pub http_generator_us: f64,
+    /// The same over gRPC, µs.
+    pub grpc_generator_us: f64,
+    /// gRPC's answers per second over HTTP's.
+    pub rps_ratio: f64,
+}
+
+impl GrpcVsHttp {
+    fn of(http: &Measurement, grpc: &Measurement) -> Self {
+        let (h, g) = (&http.cpu, &grpc.cpu);
+        Self {
+            http_server_us: h.server.total_us,
+            grpc_server_us: g.server.total_us,
+            server_ratio: g.server.total_us / h.server.total_us.max(1e-9),
+            http_store_us: h.store.total_us,
+            grpc_store_us: g.store.total_us,
+            http_generator_us: h.generator.total_us,
+            grpc_generator_us: g.generator.total_us,
+            rps_ratio: grpc.rps / http.rps.max(1e-9),
+        }
+    }
+}
+
+impl fmt::Display for GrpcVsHttp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "gRPC Reserve vs HTTP POST /v1/reservations (same engine, same load): engine CPU \
+             {:.2}x ({:.1} us vs {:.1} us per reservation); Redis {:.1} us vs {:.1} us; \
+             generator {:.1} us vs {:.1} us; req/s {:.2}x",
+            self.server_ratio,
+            self.grpc_server_us,
+            self.http_server_us,
+            self.grpc_store_us,
+            self.http_store_us,
+            self.grpc_generator_us,
+            self.http_generator_us,
+            self.rps_ratio
+        )
+    }
+}
+
 /// Everything the comparison measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
@@ -155,6 +217,9 @@ pub struct Comparison {
     pub scripts: ScriptCost,
     /// The engine on a 3-master cluster (also a row of `measurements`).
     pub cluster: ClusterRow,
+    /// The engine's reserve over gRPC beside the same over HTTP/1.1 (both rows of
+    /// `measurements`).
+    pub grpc: GrpcVsHttp,
     /// Redis script time per reservation made by the engine, µs.
     pub redis_us_per_reservation: f64,
     /// Script calls per reservation (coalescing makes it below 1).
@@ -205,9 +270,19 @@ fn baseline_process(args: &[&str]) -> anyhow::Result<(Process, Target)> {
 }
 
 fn reserve_call(sku: &'static str) -> Arc<dyn Fn(u64) -> Call + Send + Sync> {
+    reserve_call_by(sku, "u")
+}
+
+/// Reserves of one unit of `sku` by buyers `<buyers>0`, `<buyers>1`, ...: a row on an
+/// engine another row has loaded takes buyers of its own, or its reserves would be the
+/// other row's replays (or over the per-user limit).
+fn reserve_call_by(
+    sku: &'static str,
+    buyers: &'static str,
+) -> Arc<dyn Fn(u64) -> Call + Send + Sync> {
     Arc::new(move |n| Call::Reserve {
         sku: sku.to_owned(),
-        user: format!("u{n}"),
+        user: format!("{buyers}{n}"),
         quantity: 1,
         key: "k".to_owned(),
     })
@@ -217,9 +292,12 @@ fn reserve_call(sku: &'static str) -> Arc<dyn Fn(u64) -> Call + Send + Sync> {
 /// PostgreSQL has a backend for each).
 type ProcessesOf<'a> = &'a (dyn Fn() -> anyhow::Result<Processes> + Sync);
 
+/// A closed-loop row: `make(n)` over `protocol` on `options.connections` connections, after
+/// a warm-up, with the CPU of `processes` over its answers.
 async fn measure(
     name: &str,
     target: &Target,
+    protocol: Protocol,
     options: &CompareOptions,
     make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
     processes: ProcessesOf<'_>,
@@ -227,6 +305,7 @@ async fn measure(
     // A short warm-up first: connections open, scripts loaded, caches warm.
     saturate(
         target,
+        protocol,
         options.connections,
         Duration::from_millis(500),
         make.clone(),
@@ -235,6 +314,7 @@ async fn measure(
     let meter = RequestCpuMeter::start(processes()?)?;
     let (recorder, elapsed) = saturate(
         target,
+        protocol,
         options.connections,
         Duration::from_secs(options.seconds),
         make,
@@ -262,6 +342,12 @@ fn verdict(target: &str, measured: String, met: bool) -> Verdict {
         met,
     }
 }
+
+/// The engine's reserve row, over HTTP/1.1.
+const HTTP_RESERVE_ROW: &str = "engine POST /v1/reservations";
+
+/// The same engine's reserve over its gRPC face.
+const GRPC_RESERVE_ROW: &str = "engine gRPC Reserve";
 
 /// The SKU every reserve row sells.
 const BENCH_SKU: &str = "bench";
@@ -386,6 +472,7 @@ async fn cluster_row(
         engines: 1,
         engine_args: engine_args.to_vec(),
         separate_reconciler: false,
+        grpc: false,
     })
     .await?;
     let cluster = engine
@@ -415,6 +502,7 @@ async fn cluster_row(
     let measurement = measure(
         &format!("engine POST /v1/reservations, {CLUSTER_MASTERS}-master cluster"),
         &target,
+        Protocol::Http,
         options,
         reserve_call(BENCH_SKU),
         &|| engine.processes(),
@@ -459,11 +547,20 @@ fn no_limits() -> Vec<String> {
 }
 
 /// The rows of one engine on a private Redis: reserve (reconciler in-process), the
-/// ceiling, a sold-out SKU and refusals by the rate limit; with the script cost of the
-/// reserve row.
+/// ceiling, reserve over gRPC, a sold-out SKU and refusals by the rate limit; with the
+/// script cost of the reserve row.
 async fn engine_rows(options: &CompareOptions) -> anyhow::Result<(Vec<Measurement>, ScriptCost)> {
-    eprintln!("engine (flashsale serve, private Redis, SQLite ledger, reconciler in-process)");
-    let engine = Spawned::start(&SpawnOptions::single(&no_limits())).await?;
+    eprintln!(
+        "engine (flashsale serve, private Redis, SQLite ledger, reconciler in-process, gRPC face \
+         on)"
+    );
+    // The gRPC face is served from the start, so that the HTTP rows run on the very process
+    // the gRPC row measures.
+    let engine = Spawned::start(&SpawnOptions {
+        grpc: true,
+        ..SpawnOptions::single(&no_limits())
+    })
+    .await?;
     let target = engine.engines[0].target.clone();
     let processes = || engine.processes();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
@@ -477,8 +574,9 @@ async fn engine_rows(options: &CompareOptions) -> anyhow::Result<(Vec<Measuremen
     let meter = ScriptMeter::start(&engine)?;
     let mut rows = vec![
         measure(
-            "engine POST /v1/reservations",
+            HTTP_RESERVE_ROW,
             &target,
+            Protocol::Http,
             options,
             reserve_call(BENCH_SKU),
             &processes,
@@ -491,6 +589,7 @@ async fn engine_rows(options: &CompareOptions) -> anyhow::Result<(Vec<Measuremen
         measure(
             "same server GET /healthz (ceiling)",
             &target,
+            Protocol::Http,
             options,
             Arc::new(|_| Call::Get {
                 path: "/healthz".into(),
@@ -499,12 +598,33 @@ async fn engine_rows(options: &CompareOptions) -> anyhow::Result<(Vec<Measuremen
         )
         .await?,
     );
+    // The same reserve over the gRPC face: same process, SKU, loop and connections (one
+    // HTTP/2 connection each), buyers of its own.
+    rows.push(
+        measure(
+            GRPC_RESERVE_ROW,
+            &target,
+            Protocol::Grpc,
+            options,
+            reserve_call_by(BENCH_SKU, "g"),
+            &processes,
+        )
+        .await?,
+    );
     // Sell the one unit, let the flag and the recorded keys settle, then measure.
-    saturate(&target, 4, Duration::from_millis(500), reserve_call("gone")).await?;
+    saturate(
+        &target,
+        Protocol::Http,
+        4,
+        Duration::from_millis(500),
+        reserve_call("gone"),
+    )
+    .await?;
     rows.push(
         measure(
             "engine reserve of a sold-out SKU",
             &target,
+            Protocol::Http,
             options,
             reserve_call("gone"),
             &processes,
@@ -528,6 +648,7 @@ async fn engine_rows(options: &CompareOptions) -> anyhow::Result<(Vec<Measuremen
         measure(
             "engine reserve refused by the rate limit (429)",
             &target,
+            Protocol::Http,
             options,
             reserve_call(BENCH_SKU),
             &|| engine.processes(),
@@ -546,9 +667,14 @@ async fn reserve_row(
     let engine = Spawned::start(spawn).await?;
     let target = engine.engines[0].target.clone();
     put_json(&target, "/v1/skus/bench", &engine.admin_token, &huge_sku(8)).await?;
-    measure(name, &target, options, reserve_call(BENCH_SKU), &|| {
-        engine.processes()
-    })
+    measure(
+        name,
+        &target,
+        Protocol::Http,
+        options,
+        reserve_call(BENCH_SKU),
+        &|| engine.processes(),
+    )
     .await
 }
 
@@ -567,6 +693,7 @@ async fn settle_row(options: &CompareOptions) -> anyhow::Result<(Measurement, f6
     let row = measure(
         "engine POST /v1/reservations, reconciler apart",
         &target,
+        Protocol::Http,
         options,
         reserve_call(BENCH_SKU),
         &|| engine.processes(),
@@ -604,13 +731,20 @@ async fn baseline_row(
     let (server, target) = baseline_process(args)?;
     wait_healthy(&target, Duration::from_secs(30)).await?;
     put_json(&target, "/v1/skus/bench", "", &huge_sku(8)).await?;
-    measure(name, &target, options, reserve_call(BENCH_SKU), &|| {
-        Ok(Processes {
-            server: vec![server.watched()],
-            store: store()?,
-            reconciler: Vec::new(),
-        })
-    })
+    measure(
+        name,
+        &target,
+        Protocol::Http,
+        options,
+        reserve_call(BENCH_SKU),
+        &|| {
+            Ok(Processes {
+                server: vec![server.watched()],
+                store: store()?,
+                reconciler: Vec::new(),
+            })
+        },
+    )
     .await
 }
 
@@ -632,6 +766,7 @@ async fn overload(options: &CompareOptions, peak: f64) -> anyhow::Result<Overloa
     let meter = RequestCpuMeter::start(engine.processes()?)?;
     let (recorder, service, elapsed) = offer(
         &target,
+        Protocol::Http,
         offered,
         Duration::from_secs(options.seconds),
         options.connections * 4,
@@ -728,7 +863,8 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
             .find(|m| m.name == name)
             .ok_or_else(|| anyhow::anyhow!("no row {name:?}"))
     };
-    let reserve = row("engine POST /v1/reservations")?;
+    let reserve = row(HTTP_RESERVE_ROW)?;
+    let grpc = GrpcVsHttp::of(reserve, row(GRPC_RESERVE_ROW)?);
     let overload = overload(options, reserve.rps).await?;
     let verdicts = verdicts(
         &Rows {
@@ -748,6 +884,7 @@ pub async fn compare(options: &CompareOptions) -> anyhow::Result<Comparison> {
         scripts,
         measurements,
         cluster,
+        grpc,
         settle_us_per_event,
         overload,
         verdicts,
@@ -921,6 +1058,7 @@ impl fmt::Display for Comparison {
             o.cpu.generator.total_us
         )?;
         writeln!(f, "  outcomes: {:?}", o.outcomes)?;
+        writeln!(f, "{}", self.grpc)?;
         writeln!(
             f,
             "Redis script time per reservation: {:.2} us ({:.2} script calls per reservation)",

@@ -64,14 +64,15 @@ pub fn page(report: &Report, chart_svg: &str) -> String {
     let sku = &report.sku;
     let _ = write!(
         html,
-        "<p>{} units over {} shards; {} arrivals from a pool of {} buyers; {} requests in \
-         {:.2} s with the buyers' confirms, cancels and retries ({:.0} req/s). At the end: \
-         stock {}, sold {}, held {}, available {}; the closing wave bought {}.</p>",
+        "<p>{} units over {} shards; {} arrivals from a pool of {} buyers; {} requests over \
+         {} in {:.2} s with the buyers' confirms, cancels and retries ({:.0} req/s). At the \
+         end: stock {}, sold {}, held {}, available {}; the closing wave bought {}.</p>",
         scenario.stock,
         escape(&sku["shards"].to_string()),
         report.arrivals,
         scenario.users,
         report.requests,
+        scenario.protocol,
         report.duration_s,
         report.throughput_rps,
         escape(&sku["stock"].to_string()),

@@ -1,10 +1,13 @@
-//! flashsale-loadtest: replays a flash sale against the HTTP API, open loop, and proves it
-//! ended right; measures the engine beside the usual alternatives.
+//! flashsale-loadtest: replays a flash sale against the HTTP API (or the gRPC face), open
+//! loop, and proves it ended right; measures the engine beside the usual alternatives.
 //!
 //! # Layout
 //!
 //! - [`scenario`]: the sale to replay (flags or TOML) and its arrival schedule.
 //! - [`client`]: a lean HTTP/1.1 client, one kept-alive connection per worker.
+//! - [`grpc_client`]: the same calls over the engine's gRPC face, one HTTP/2 connection
+//!   per worker, answers labelled as over HTTP; [`protocol`]: `--protocol`, and a
+//!   connection of the load over either.
 //! - [`run`]: the open-loop generator (and a closed loop for saturation), the buyers'
 //!   behaviour, the closing wave.
 //! - [`stats`]: HDR histograms per outcome and per second.
@@ -29,8 +32,10 @@ pub mod client;
 pub mod compare;
 pub mod cpu;
 pub mod demo;
+pub mod grpc_client;
 pub mod html;
 pub mod private_redis;
+pub mod protocol;
 pub mod report;
 pub mod run;
 pub mod sale;

@@ -192,9 +192,14 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} arrivals from a pool of {} buyers; {} requests in {:.2} s with the buyers' \
-             confirms, cancels and retries: {:.0} req/s",
-            self.arrivals, self.scenario.users, self.requests, self.duration_s, self.throughput_rps
+            "{} arrivals from a pool of {} buyers; {} requests over {} in {:.2} s with the \
+             buyers' confirms, cancels and retries: {:.0} req/s",
+            self.arrivals,
+            self.scenario.users,
+            self.requests,
+            self.scenario.protocol,
+            self.duration_s,
+            self.throughput_rps
         )?;
         writeln!(
             f,

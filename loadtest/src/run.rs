@@ -2,6 +2,7 @@
 //! answers so far, and its latency is measured from that intended time, so a slow server
 //! shows as latency rather than as fewer requests (no coordinated omission). A closed loop
 //! (`saturate`) measures the most a server answers with a fixed number of connections.
+//! Either loop sends over HTTP/1.1 or gRPC ([`Protocol`]), one connection per worker.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use rand::Rng;
 
 use crate::chart::Span;
 use crate::client::{Call, Connection, Target};
+use crate::protocol::{LoadConnection, Protocol};
 use crate::scenario::Scenario;
 use crate::stats::Recorder;
 
@@ -115,11 +117,12 @@ async fn worker(
     jobs: async_channel::Receiver<Job>,
 ) -> Recorder {
     let mut recorder = Recorder::sampled();
-    let mut connection: Option<Connection> = None;
+    let mut connection: Option<LoadConnection> = None;
     let timeout = Duration::from_millis(shared.scenario.timeout_ms);
+    let protocol = shared.scenario.protocol;
     while let Ok(job) = jobs.recv().await {
         if connection.is_none() {
-            connection = Connection::open(&target).await.ok();
+            connection = LoadConnection::open(&target, protocol).await.ok();
         }
         let sent_at = Instant::now();
         let answer = match connection.as_mut() {
@@ -418,7 +421,7 @@ pub async fn replay(
 
 /// Sends `call` on `conn` and records its answer, at its offset from `start`.
 async fn send_recorded(
-    conn: &mut Connection,
+    conn: &mut LoadConnection,
     call: &Call,
     recorder: &mut Recorder,
     start: Instant,
@@ -435,7 +438,8 @@ async fn send_recorded(
 
 /// After the abandoned holds have expired, buyers who all confirm come one after another
 /// until the SKU has nothing available and nothing held: a sale with demand above supply
-/// must end with every unit sold.
+/// must end with every unit sold. Its buyers use the scenario's protocol; the SKU is read
+/// over HTTP.
 async fn closing_wave(
     target: &Target,
     scenario: &Scenario,
@@ -443,7 +447,8 @@ async fn closing_wave(
 ) -> anyhow::Result<ClosingWave> {
     tokio::time::sleep(Duration::from_secs_f64(scenario.hold_seconds) + Duration::from_millis(500))
         .await;
-    let mut conn = Connection::open(target).await?;
+    let mut conn = LoadConnection::open(target, scenario.protocol).await?;
+    let mut reads = Connection::open(target).await?;
     let sku_path = format!("/v1/skus/{}", scenario.sku);
     let began = shared.start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -474,7 +479,7 @@ async fn closing_wave(
             }
             continue;
         }
-        let sku = conn
+        let sku = reads
             .json(&Call::Get {
                 path: sku_path.clone(),
             })
@@ -493,10 +498,12 @@ async fn closing_wave(
     Ok(wave)
 }
 
-/// A closed-loop measurement: `connections` workers send `make(n)` back to back for
-/// `duration`; latency is measured per request from its send.
+/// A closed-loop measurement: `connections` workers, each on a connection of its own over
+/// `protocol`, send `make(n)` back to back for `duration`; latency is measured per request
+/// from its send.
 pub async fn saturate(
     target: &Target,
+    protocol: Protocol,
     connections: usize,
     duration: Duration,
     make: Arc<dyn Fn(u64) -> Call + Send + Sync>,
@@ -509,7 +516,7 @@ pub async fn saturate(
             let (target, counter, make) = (target.clone(), counter.clone(), make.clone());
             tokio::spawn(async move {
                 let mut recorder = Recorder::default();
-                let mut conn = Connection::open(&target).await.ok();
+                let mut conn = LoadConnection::open(&target, protocol).await.ok();
                 while Instant::now() < end {
                     let call = make(counter.fetch_add(1, Ordering::Relaxed));
                     let sent = Instant::now();
@@ -517,12 +524,12 @@ pub async fn saturate(
                         Some(c) => match c.send(&call).await {
                             Ok(answer) => answer.outcome(&call),
                             Err(_) => {
-                                conn = Connection::open(&target).await.ok();
+                                conn = LoadConnection::open(&target, protocol).await.ok();
                                 "error".to_owned()
                             }
                         },
                         None => {
-                            conn = Connection::open(&target).await.ok();
+                            conn = LoadConnection::open(&target, protocol).await.ok();
                             "error".to_owned()
                         }
                     };
@@ -540,12 +547,13 @@ pub async fn saturate(
 }
 
 /// An open loop at a constant `rate` for `duration`: `make(n)` leaves at its intended time
-/// whatever the answers so far, over `connections` connections. Returns the records with
-/// latency from the intended time, the same answers with latency from the actual send
-/// (what the server took, without the generator's own backlog), and the time until the
-/// last answer.
+/// whatever the answers so far, over `connections` connections of `protocol`. Returns the
+/// records with latency from the intended time, the same answers with latency from the
+/// actual send (what the server took, without the generator's own backlog), and the time
+/// until the last answer.
 pub async fn offer(
     target: &Target,
+    protocol: Protocol,
     rate: f64,
     duration: Duration,
     connections: usize,
@@ -559,10 +567,10 @@ pub async fn offer(
             let (target, jobs) = (target.clone(), jobs.clone());
             tokio::spawn(async move {
                 let (mut recorder, mut service) = (Recorder::default(), Recorder::default());
-                let mut conn: Option<Connection> = None;
+                let mut conn: Option<LoadConnection> = None;
                 while let Ok((call, intended)) = jobs.recv().await {
                     if conn.is_none() {
-                        conn = Connection::open(&target).await.ok();
+                        conn = LoadConnection::open(&target, protocol).await.ok();
                     }
                     let sent = Instant::now();
                     let answer = match conn.as_mut() {

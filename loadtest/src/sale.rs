@@ -14,6 +14,7 @@ use crate::client::Target;
 use crate::cpu::RequestCpuMeter;
 use crate::html;
 use crate::private_redis::ScriptStats;
+use crate::protocol::Protocol;
 use crate::report::{Measured, Report};
 use crate::run;
 use crate::scenario::Scenario;
@@ -27,6 +28,9 @@ pub struct Setup {
     pub spawn: Option<SpawnOptions>,
     /// The engine's base URL.
     pub target: Option<String>,
+    /// Its gRPC face, `HOST:PORT`, for a scenario whose protocol is gRPC (without
+    /// `spawn`: spawned engines are started with one).
+    pub grpc_target: Option<String>,
     /// Its admin token (to load the SKU).
     pub admin_token: Option<String>,
     /// Its Redis, for the checks in Redis.
@@ -100,8 +104,15 @@ impl Meters {
 /// Runs the sale and returns its report (also written to `setup.out`).
 pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Report> {
     scenario.validate()?;
+    let grpc = scenario.protocol == Protocol::Grpc;
     let spawned = match &setup.spawn {
-        Some(options) => Some(Spawned::start(options).await?),
+        Some(options) => Some(
+            Spawned::start(&SpawnOptions {
+                grpc: options.grpc || grpc,
+                ..options.clone()
+            })
+            .await?,
+        ),
         None => None,
     };
     let (targets, token) = match &spawned {
@@ -111,7 +122,15 @@ pub async fn run_sale(scenario: &Scenario, setup: &Setup) -> anyhow::Result<Repo
                 .target
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("give --target or --spawn"))?;
-            (vec![Target::parse(&base)?], setup.admin_token.clone())
+            let mut target = Target::parse(&base)?;
+            match &setup.grpc_target {
+                Some(addr) => target = target.with_grpc(addr)?,
+                None if grpc => anyhow::bail!(
+                    "the protocol is gRPC: give the engine's gRPC address (--grpc-target)"
+                ),
+                None => {}
+            }
+            (vec![target], setup.admin_token.clone())
         }
     };
     // The first engine loads the SKU and answers the checks' reads; buyers use them all.

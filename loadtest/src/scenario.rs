@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::Protocol;
+
 /// How arrivals are spread over time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -131,8 +133,12 @@ pub struct Scenario {
     pub timeout_ms: u64,
     /// Times a timed-out reserve is sent again with the same idempotency key.
     pub retries: u32,
-    /// HTTP connections the client keeps open.
+    /// Connections the client keeps open (HTTP/1.1 connections, or HTTP/2 connections to
+    /// the gRPC face, one channel each).
     pub connections: usize,
+    /// How the buyers' calls reach the engine: `http` (HTTP/1.1) or `grpc` (its gRPC
+    /// face; with `--spawn` every engine serves one).
+    pub protocol: Protocol,
     /// After the arrivals, wait for abandoned holds to expire and send buyers who all
     /// confirm until the SKU is sold out: the sale must end with every unit sold.
     pub closing_wave: bool,
@@ -164,6 +170,7 @@ impl Default for Scenario {
             timeout_ms: 2_000,
             retries: 1,
             connections: 128,
+            protocol: Protocol::Http,
             closing_wave: true,
             bundle: None,
         }
@@ -253,7 +260,11 @@ mod tests {
         assert_eq!(scenario.stock, 100);
         assert_eq!(scenario.profile, Profile::Constant { rate: 250.0 });
         assert_eq!(scenario.per_user_limit, 1);
+        assert_eq!(scenario.protocol, Protocol::Http);
         scenario.validate().unwrap();
+        let grpc: Scenario = toml::from_str(r#"protocol = "grpc""#).unwrap();
+        assert_eq!(grpc.protocol, Protocol::Grpc);
+        assert!(toml::from_str::<Scenario>(r#"protocol = "h3""#).is_err());
         assert!(toml::from_str::<Scenario>("stok = 1").is_err());
     }
 }

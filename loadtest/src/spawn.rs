@@ -32,6 +32,9 @@ pub struct SpawnOptions {
     /// Settle the streams into the ledger in a `flashsale reconcile` process of its own,
     /// the engines started with `--no-reconcile`, instead of inside every engine.
     pub separate_reconciler: bool,
+    /// Every engine also serves its gRPC face (`--grpc-listen 127.0.0.1:<free port>`), for
+    /// a load over gRPC; its address is in the engine's [`Target::grpc`].
+    pub grpc: bool,
 }
 
 impl Default for SpawnOptions {
@@ -41,6 +44,7 @@ impl Default for SpawnOptions {
             engines: 1,
             engine_args: Vec::new(),
             separate_reconciler: false,
+            grpc: false,
         }
     }
 }
@@ -59,7 +63,7 @@ impl SpawnOptions {
 pub struct Engine {
     /// Its base URL.
     pub base: String,
-    /// Where requests to it go.
+    /// Where requests to it go (its gRPC face too, when it serves one).
     pub target: Target,
     /// Its log (stderr).
     log: PathBuf,
@@ -168,6 +172,17 @@ pub async fn wait_healthy(target: &Target, within: Duration) -> anyhow::Result<(
     Ok(())
 }
 
+/// A free port for an engine's gRPC face, other than its HTTP `port` (which is free until
+/// the engine binds it, so the system may offer it again).
+fn grpc_port(port: u16) -> std::io::Result<u16> {
+    loop {
+        let grpc = free_port()?;
+        if grpc != port {
+            return Ok(grpc);
+        }
+    }
+}
+
 /// The last lines of a log, to say why a process stopped.
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -224,7 +239,7 @@ impl Spawned {
         }
         // Should a start fail, dropping `spawned` stops the engines started so far.
         for n in 0..options.engines {
-            let engine = spawned.start_engine(n, &engine_args)?;
+            let engine = spawned.start_engine(n, options.grpc, &engine_args)?;
             spawned.engines.push(engine);
         }
         for engine in &mut spawned.engines {
@@ -233,11 +248,16 @@ impl Spawned {
         Ok(spawned)
     }
 
-    fn start_engine(&self, n: usize, extra: &[String]) -> anyhow::Result<Engine> {
+    fn start_engine(&self, n: usize, grpc: bool, extra: &[String]) -> anyhow::Result<Engine> {
         let port = free_port()?;
+        let grpc = grpc.then(|| grpc_port(port)).transpose()?;
         let log = self.dir.path().join(format!("engine-{n}.log"));
         let child = Command::new(engine_binary()?)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(
+                grpc.iter()
+                    .flat_map(|port| ["--grpc-listen".to_owned(), format!("127.0.0.1:{port}")]),
+            )
             .args(self.redis.engine_args())
             .args(["--key-prefix", &self.prefix])
             .args(["--admin-token", &self.admin_token])
@@ -248,8 +268,12 @@ impl Spawned {
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
         let base = format!("http://127.0.0.1:{port}");
+        let mut target = Target::parse(&base)?;
+        if let Some(port) = grpc {
+            target = target.with_grpc(&format!("127.0.0.1:{port}"))?;
+        }
         Ok(Engine {
-            target: Target::parse(&base)?,
+            target,
             base,
             log,
             child,
