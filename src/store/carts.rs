@@ -586,18 +586,6 @@ impl Store {
         }
     }
 
-    /// Refuses (`recovering`) while the store is suspect: a cart's steps, admitted before a
-    /// connection dropped, must not reach the Redis that answers after it (a restarted one
-    /// may have lost writes) until it has been checked; the cart stays in its step, and the
-    /// maintenance pass, which waits for the check too, finishes it. Only the restore of a
-    /// record, part of that check, runs before.
-    fn trusted(&self) -> Result<(), StoreError> {
-        if self.redis_suspect() {
-            return Err(StoreError::Recovering);
-        }
-        Ok(())
-    }
-
     fn cart_invocation(&self, op: &str, id: &CartId) -> redis::ScriptInvocation<'_> {
         let keys = self.inner.keys.cart_bucket(id.bucket());
         let mut call = self.inner.scripts.cart.prepare_invoke();

@@ -187,6 +187,20 @@ impl Store {
         self.inner.suspect.load(Ordering::Acquire)
     }
 
+    /// Refuses (`recovering`) while the store is suspect: a change admitted before a
+    /// connection dropped must not reach the Redis that answers after it until that one is
+    /// checked. A restarted Redis may have lost the record that makes a restock, a confirm
+    /// or a cancel idempotent (its write was in the lost tail of the append-only file)
+    /// while the ledger settled the first application: applying it again would make units
+    /// from nothing, or settle a reservation twice. The client's retry, after the check,
+    /// replays it. Only the restore of records, part of that check, runs before.
+    pub(crate) fn trusted(&self) -> Result<(), StoreError> {
+        if self.redis_suspect() {
+            return Err(StoreError::Recovering);
+        }
+        Ok(())
+    }
+
     /// Clears the suspect flag, once the Redis answering now was checked.
     pub fn trust_redis(&self) {
         self.inner.suspect.store(false, Ordering::Release);

@@ -155,6 +155,7 @@ impl Store {
         caller: Option<&CallerName>,
     ) -> Result<Reservation, StoreError> {
         for _ in 0..MAX_RESERVE_ROUNDS {
+            self.trusted()?;
             let (now, _, reply, reason): (u64, i64, RawHold, String) = self
                 .invocation(&self.inner.scripts.confirm, id.sku(), id.shard(), false)
                 .arg(id.as_str())
@@ -229,6 +230,7 @@ impl Store {
         id: &ReservationId,
         caller: Option<&CallerName>,
     ) -> Result<Reservation, StoreError> {
+        self.trusted()?;
         let (now, _, reply): (u64, i64, RawHold) = self
             .invocation(&self.inner.scripts.cancel, id.sku(), id.shard(), false)
             .arg(id.as_str())
@@ -262,6 +264,7 @@ impl Store {
         let mut rounds = 0;
         let (now, reply) = loop {
             let shard = home_shard(user, config.shards);
+            self.trusted()?;
             let (now, _, reply): (u64, i64, RawHold) = self
                 .invocation(&self.inner.scripts.cancel_by_key, sku, shard, false)
                 .arg(user.as_str())

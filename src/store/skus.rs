@@ -259,6 +259,7 @@ impl Store {
                 if units == 0 {
                     continue;
                 }
+                self.trusted()?;
                 let (_, _, code): (u64, i64, i64) = self
                     .invocation(&self.inner.scripts.restock, sku, shard, false)
                     .arg(units)

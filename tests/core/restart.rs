@@ -68,6 +68,11 @@ async fn scripts_reload_and_nothing_acknowledged_is_lost_across_a_restart() {
                         match store.confirm(&held.id, None).await {
                             Ok(r) => break r.state,
                             Err(StoreError::Redis(e)) => backoff(&failures, e).await,
+                            // After the drop, until Redis is trusted again.
+                            Err(StoreError::Recovering) => {
+                                assert!(failures.fetch_add(1, Ordering::Relaxed) < 2_000);
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                             Err(e) => panic!("unexpected {e:?}"),
                         }
                     }
@@ -128,4 +133,38 @@ async fn scripts_reload_and_nothing_acknowledged_is_lost_across_a_restart() {
         "calls failed during the restart and retried: {}",
         failures.load(Ordering::Relaxed)
     );
+}
+
+/// A restock admitted before Redis went away must not reach the Redis that answers after
+/// it until that one is checked: a restarted Redis may have lost the record that makes the
+/// op idempotent (its write was in the lost tail of the append-only file) while the ledger
+/// settled the op's first application, and applying it again would make units from
+/// nothing. It is refused (`recovering`), as reserves and carts are, and goes through once
+/// the Redis is trusted again, applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restock_waits_for_a_restarted_redis_to_be_checked() {
+    let mut h = Harness::start_single_with(LocalRedisOptions {
+        aof: Some(Fsync::Always),
+    })
+    .await;
+    let tv = h.sku("tv", spec(10, 2, 1, 600_000)).await;
+    let op = flashsale::ids::OpId::new("op-1").unwrap();
+    tokio::task::block_in_place(|| h.redis.single().restart()).expect("restart redis");
+    // The first call after the restart finds the connection gone (a read, it is sent again
+    // on the new one): the store is suspect.
+    h.store.totals(&tv).await.unwrap();
+    assert!(h.store.redis_suspect());
+    assert!(
+        matches!(
+            h.store.restock(&tv, 5, Some(&op)).await,
+            Err(StoreError::Recovering)
+        ),
+        "a restock reached a Redis not yet checked"
+    );
+    assert_eq!(h.store.totals(&tv).await.unwrap().restocked, 0);
+    h.store.trust_redis();
+    h.store.restock(&tv, 5, Some(&op)).await.unwrap();
+    h.store.restock(&tv, 5, Some(&op)).await.unwrap();
+    let t = h.store.totals(&tv).await.unwrap();
+    assert_eq!((t.restocked, t.available), (5, 15));
 }
