@@ -23,6 +23,8 @@ pub struct TestApp {
     pub spec: Value,
     /// The key prefix the server writes under.
     pub prefix: String,
+    /// `127.0.0.1:<port>` of the gRPC face, when the configuration turned it on.
+    pub grpc: Option<String>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -55,6 +57,7 @@ impl TestApp {
         tweak(&mut config);
         let app = Application::build(&config).await.expect("build app");
         let base = format!("http://{}", app.local_addr());
+        let grpc = app.grpc_addr().map(|addr| addr.to_string());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -77,6 +80,7 @@ impl TestApp {
             client,
             spec,
             prefix: config.redis.key_prefix,
+            grpc,
             stop: Some(stop),
         }
     }

@@ -10,6 +10,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use flashsale::grpc::proto::reservations_client::ReservationsClient;
+use flashsale::grpc::proto::ReserveRequest;
 use flashsale_testkit::LocalPrometheus;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -171,8 +173,12 @@ async fn every_rule_and_dashboard_query_has_data_from_a_real_engine() {
     let app = TestApp::spawn_with(|c| {
         c.ledger.database_url = Some(url.clone());
         c.audit_interval_s = 1;
+        c.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
+    let mut grpc = ReservationsClient::connect(format!("http://{}", app.grpc.as_ref().unwrap()))
+        .await
+        .expect("connect to the gRPC face");
     let target = app.base.trim_start_matches("http://").to_owned();
     let prometheus = LocalPrometheus::start("flashsale", &[target], &[Path::new(RULES)])
         .expect("prometheus (apt-get install prometheus)");
@@ -204,6 +210,19 @@ async fn every_rule_and_dashboard_query_has_data_from_a_real_engine() {
                 "{:?}",
                 cart.body
             );
+            // Buyers on the gRPC face too, for its panels.
+            let mut reserve = tonic::Request::new(ReserveRequest {
+                sku: "tv".into(),
+                user_id: format!("g{n}"),
+                quantity: None,
+            });
+            reserve
+                .metadata_mut()
+                .insert("idempotency-key", "k".parse().unwrap());
+            match grpc.reserve(reserve).await {
+                Ok(_) => {}
+                Err(status) => assert_eq!(status.code(), tonic::Code::FailedPrecondition),
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
