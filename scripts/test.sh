@@ -31,6 +31,9 @@ scripts/check-deploy.sh
 FLASHSALE_TEST_TOPOLOGY=cluster cargo test --test core "$@"
 target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml \
   --out target/loadtest-ci
+# The same sale with the buyers on the gRPC face: the same outcomes, every invariant checked.
+target/debug/flashsale-loadtest run --spawn --quiet --config loadtest/scenarios/ci.toml \
+  --protocol grpc --out target/loadtest-ci-grpc
 # The same sale on a 3-master Redis Cluster through two engines sharing it and the ledger:
 # ci-sale's 4 shards land on every master (1, 2 and 1 of them), every invariant checked.
 target/debug/flashsale-loadtest run --spawn --cluster-masters 3 --engines 2 --quiet \
