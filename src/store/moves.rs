@@ -217,6 +217,10 @@ impl Store {
         want: u64,
     ) -> Result<u64, StoreError> {
         let move_id = random_token();
+        // Either half on a Redis not yet checked could apply again a move whose record it
+        // lost (see `Store::trusted`); a move cut here stays pending and is completed once
+        // the Redis is trusted.
+        self.trusted()?;
         let (_, _, code, taken): (u64, i64, i64, u64) = self
             .invocation(&self.inner.scripts.move_out, sku, from, true)
             .arg(&move_id)
@@ -243,6 +247,7 @@ impl Store {
         move_id: &str,
         units: u64,
     ) -> Result<(), StoreError> {
+        self.trusted()?;
         let (_, _, code): (u64, i64, i64) = self
             .invocation(&self.inner.scripts.move_in, sku, to, false)
             .arg(move_id)

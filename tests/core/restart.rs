@@ -168,3 +168,48 @@ async fn a_restock_waits_for_a_restarted_redis_to_be_checked() {
     let t = h.store.totals(&tv).await.unwrap();
     assert_eq!((t.restocked, t.available), (5, 15));
 }
+
+/// The second half of a move cut short waits for a restarted Redis to be checked too: a
+/// Redis that lost the receiver's record of the move could take its units in twice. The
+/// move stays in transit, and is completed once, after the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_cut_short_waits_for_a_restarted_redis_to_be_checked() {
+    let mut h = Harness::start_single_with(LocalRedisOptions {
+        aof: Some(Fsync::Always),
+    })
+    .await;
+    let tv = h.sku("tv", spec(10, 2, 1, 600_000)).await;
+    let donor = h.store.keys().shard(&tv, 0);
+    // The first half of a move, as an engine that crashed right after it would leave it.
+    let (_, _, code, taken): (u64, i64, i64, u64) = flashsale::scripts::Scripts::new()
+        .move_out
+        .key(&donor.hash)
+        .key(&donor.deadlines)
+        .key(&donor.events)
+        .key(&donor.moves)
+        .arg("tv")
+        .arg(0)
+        .arg("move-1")
+        .arg(1)
+        .arg(3)
+        .invoke_async(&mut h.store.connection())
+        .await
+        .unwrap();
+    assert_eq!((code, taken), (0, 3));
+    tokio::task::block_in_place(|| h.redis.single().restart()).expect("restart redis");
+    h.store.totals(&tv).await.unwrap();
+    assert!(h.store.redis_suspect());
+    assert!(
+        matches!(
+            h.store.recover_moves(&tv).await,
+            Err(StoreError::Recovering)
+        ),
+        "a move was completed on a Redis not yet checked"
+    );
+    assert_eq!(h.store.totals(&tv).await.unwrap().in_transit, 3);
+    h.store.trust_redis();
+    assert_eq!(h.store.recover_moves(&tv).await.unwrap(), 1);
+    let t = h.store.totals(&tv).await.unwrap();
+    assert_eq!((t.available, t.in_transit), (10, 0));
+    assert!(t.conserved(), "{t:?}");
+}
