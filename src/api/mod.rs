@@ -35,9 +35,10 @@ use crate::store::{Store, StoreError};
 /// idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// What every handler shares. axum clones the state into every request it routes (and
-/// drops it after), so it is one reference-counted pointer: cloning and dropping a struct
-/// of eight shared fields took about a tenth of the engine's CPU on a refusal.
+/// What every operation shares, on either face. axum clones the state into every request
+/// it routes (and drops it after), so it is one reference-counted pointer: cloning and
+/// dropping a struct of eight shared fields took about a tenth of the engine's CPU on a
+/// refusal.
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
