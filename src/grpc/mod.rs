@@ -110,6 +110,13 @@ impl GrpcFace {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        // Known from the first call, and not serving until readiness has said so: a client
+        // checking at once must not take "service not registered" for an answer.
+        for service in SERVICES {
+            reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
         let reflection_v1 = reflection().build_v1().expect("the descriptors are valid");
         let reflection_v1alpha = reflection()
             .build_v1alpha()

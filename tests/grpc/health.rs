@@ -55,6 +55,14 @@ async fn until_health(app: &GrpcApp, want: ServingStatus) -> StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_serving_exactly_while_the_engine_is_ready() {
     let mut app = GrpcApp::spawn().await;
+    // Every service is known from the first call (not serving until readiness said so).
+    for service in SERVICES {
+        let status = health(&app, service).await;
+        assert!(
+            matches!(status, ServingStatus::Serving | ServingStatus::NotServing),
+            "{service:?}: {status:?}"
+        );
+    }
     assert_eq!(
         until_health(&app, ServingStatus::Serving).await,
         StatusCode::OK
