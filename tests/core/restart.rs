@@ -179,23 +179,8 @@ async fn a_move_cut_short_waits_for_a_restarted_redis_to_be_checked() {
     })
     .await;
     let tv = h.sku("tv", spec(10, 2, 1, 600_000)).await;
-    let donor = h.store.keys().shard(&tv, 0);
     // The first half of a move, as an engine that crashed right after it would leave it.
-    let (_, _, code, taken): (u64, i64, i64, u64) = flashsale::scripts::Scripts::new()
-        .move_out
-        .key(&donor.hash)
-        .key(&donor.deadlines)
-        .key(&donor.events)
-        .key(&donor.moves)
-        .arg("tv")
-        .arg(0)
-        .arg("move-1")
-        .arg(1)
-        .arg(3)
-        .invoke_async(&mut h.store.connection())
-        .await
-        .unwrap();
-    assert_eq!((code, taken), (0, 3));
+    assert_eq!(h.move_out_only(&tv, "move-1", 3).await, (0, 3));
     tokio::task::block_in_place(|| h.redis.single().restart()).expect("restart redis");
     h.store.totals(&tv).await.unwrap();
     assert!(h.store.redis_suspect());

@@ -4,7 +4,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashsale::events::Event;
 use flashsale::ids::{HoldOrigin, OpId, ReservationId};
-use flashsale::scripts::Scripts;
 use flashsale::store::{
     HoldState, Loaded, QuantityBound, SkuSpec, Store, StoreError, StoreOptions, Totals,
 };
@@ -496,31 +495,10 @@ async fn restock_adds_units_once_per_operation() {
 async fn a_move_cut_short_is_in_transit_until_recovered_once() {
     let h = Harness::start().await;
     let tv = h.sku("tv", spec(10, 2, 1, 60_000)).await;
-    let scripts = Scripts::new();
-    let donor = h.store.keys().shard(&tv, 0);
     // The first half of a move, as an engine that crashed right after it would leave it.
-    let move_out = || async {
-        let mut conn = h.store.connection();
-        let reply: (u64, i64, i64, u64) = scripts
-            .move_out
-            .key(&donor.hash)
-            .key(&donor.deadlines)
-            .key(&donor.events)
-            .key(&donor.moves)
-            .arg("tv")
-            .arg(0)
-            .arg("move-1")
-            .arg(1)
-            .arg(3)
-            .invoke_async(&mut conn)
-            .await
-            .unwrap();
-        reply
-    };
-    let (_, _, code, taken) = move_out().await;
-    assert_eq!((code, taken), (0, 3));
+    assert_eq!(h.move_out_only(&tv, "move-1", 3).await, (0, 3));
     // Repeating the first half takes nothing more.
-    let (_, _, code, taken) = move_out().await;
+    let (code, taken) = h.move_out_only(&tv, "move-1", 3).await;
     assert_eq!((code, taken), (1, 3));
     let t = h.store.totals(&tv).await.unwrap();
     assert_eq!((t.available, t.in_transit), (7, 3));

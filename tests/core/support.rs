@@ -89,6 +89,28 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// Runs only the first half of a move of up to `units` units of `sku` from shard 0 to
+    /// shard 1 under `move_id`, as an engine that crashed right after it would leave it.
+    /// Returns the script's code and the units it took.
+    pub async fn move_out_only(&self, sku: &Sku, move_id: &str, units: u64) -> (i64, u64) {
+        let donor = self.store.keys().shard(sku, 0);
+        let (_, _, code, taken): (u64, i64, i64, u64) = flashsale::scripts::Scripts::new()
+            .move_out
+            .key(&donor.hash)
+            .key(&donor.deadlines)
+            .key(&donor.events)
+            .key(&donor.moves)
+            .arg(sku.as_str())
+            .arg(0)
+            .arg(move_id)
+            .arg(1)
+            .arg(units)
+            .invoke_async(&mut self.store.connection())
+            .await
+            .unwrap();
+        (code, taken)
+    }
+
     pub async fn start() -> Self {
         let redis = Servers::start();
         let store = store_on(&redis.target()).await;
